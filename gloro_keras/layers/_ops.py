@@ -1,0 +1,56 @@
+"""Small NaN-safe helpers shared by the layers (keras.ops only)."""
+from keras import ops
+
+# Floor under squared norms: sqrt(max(s, TINY)) keeps values and gradients finite at 0.
+TINY = 1e-24
+
+
+def safe_norm(x, axis=None, keepdims=False):
+    """ℓ2 norm `sqrt(max(Σx², TINY))`; finite gradient even when x = 0."""
+    return ops.sqrt(ops.maximum(ops.sum(ops.square(x), axis=axis, keepdims=keepdims), TINY))
+
+
+def l2_normalize(x, axis=None):
+    """`x / ‖x‖₂` over `axis` (all axes by default), NaN-safe at 0."""
+    return x / safe_norm(x, axis=axis, keepdims=True)
+
+
+def normalize_padding(padding, kernel_size, strides, spatial):
+    """Resolve 'valid' | 'same' | int | ((t, b), (l, r)) to explicit zero padding.
+
+    'same' follows TensorFlow/Keras: output = ceil(n / s), extra row/col at the end.
+    """
+    if isinstance(padding, str):
+        p = padding.lower()
+        if p == "valid":
+            return ((0, 0), (0, 0))
+        if p != "same":
+            raise ValueError(f"padding must be 'valid', 'same', an int or ((t, b), (l, r)); got {padding!r}")
+        pads = []
+        for n, k, s in zip(spatial, kernel_size, strides):
+            out = -(-n // s)
+            total = max((out - 1) * s + k - n, 0)
+            pads.append((total // 2, total - total // 2))
+        return tuple(pads)
+    if isinstance(padding, int):
+        if padding < 0:
+            raise ValueError(f"padding must be >= 0; got {padding}")
+        return ((padding, padding), (padding, padding))
+    try:
+        (t, b), (l, r) = padding
+    except (TypeError, ValueError):
+        try:
+            ph, pw = padding
+            return ((int(ph), int(ph)), (int(pw), int(pw)))
+        except (TypeError, ValueError):
+            raise ValueError(f"cannot interpret padding={padding!r}") from None
+    return ((int(t), int(b)), (int(l), int(r)))
+
+
+def as_pair(v, name):
+    if isinstance(v, int):
+        return (v, v)
+    v = tuple(int(a) for a in v)
+    if len(v) != 2:
+        raise ValueError(f"{name} must be an int or a pair; got {v}")
+    return v

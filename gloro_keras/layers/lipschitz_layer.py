@@ -1,0 +1,109 @@
+"""Base class for linear layers whose spectral norm is tracked by power iteration."""
+import keras
+from keras import ops
+
+from gloro_keras.layers._ops import l2_normalize, safe_norm
+
+BOUND_GRADIENTS = ("full", "last")
+
+
+class LipschitzLayer(keras.layers.Layer):
+    """A layer `y = A(x) + b` with A linear; bounds ‖A‖₂ by persistent power iteration.
+
+    The iterate `u` (shaped like one input example) is a non-trainable variable carried
+    across training steps. Each training call runs `power_iterations` steps of
+    `u ← AᵀAu / ‖AᵀAu‖` and the estimate is `σ = ‖A u‖` (≤ ‖A‖₂; it converges from
+    below, so certification should use `sound_lipschitz_bound()`).
+
+    Subclasses implement `linear_kernel()` (the tensor defining A), `apply_linear(u, k)`
+    (A) and `apply_adjoint(v, k)` (Aᵀ), and call `build_iterate(shape)` in `build`.
+
+    Args:
+        power_iterations: power-iteration steps per training call (default 10).
+    """
+
+    def __init__(self, power_iterations=10, **kwargs):
+        super().__init__(**kwargs)
+        power_iterations = int(power_iterations)
+        if power_iterations < 0:
+            raise ValueError(f"power_iterations must be >= 0; got {power_iterations}")
+        self.power_iterations = power_iterations
+
+    # -- subclass hooks -------------------------------------------------------------
+    def linear_kernel(self):
+        raise NotImplementedError
+
+    def apply_linear(self, u, kernel):
+        raise NotImplementedError
+
+    def apply_adjoint(self, v, kernel):
+        raise NotImplementedError
+
+    def sound_lipschitz_bound(self):
+        """Guaranteed upper bound on ‖A‖₂ (float64), computed from the weights."""
+        raise NotImplementedError
+
+    # -- power iteration --------------------------------------------------------------
+    def build_iterate(self, shape):
+        self.iterate = self.add_weight(
+            name="power_iterate",
+            shape=tuple(shape),
+            initializer=keras.initializers.RandomNormal(),
+            trainable=False,
+            autocast=False,
+            aggregation="only_first_replica",
+        )
+
+    def _step(self, u, kernel):
+        w = self.apply_adjoint(self.apply_linear(u, kernel), kernel)
+        norm = safe_norm(w)
+        # An iterate in the null space would stay 0 forever and under-estimate ‖A‖ once
+        # the weights move: restart it from the all-ones direction.
+        restart = l2_normalize(ops.ones_like(w))
+        return ops.where(norm > 1e-30, w / norm, restart)
+
+    def lipschitz_bound(self, training=False, gradient="full"):
+        """Power-iteration estimate of ‖A‖₂ as a scalar tensor.
+
+        training=True runs `power_iterations` steps from the stored iterate, stores the
+        result, and lets gradients flow through all steps (`gradient="full"`) or only
+        through the final `‖A u‖` (`gradient="last"`). training=False reuses the stored
+        iterate without updating it.
+        """
+        if gradient not in BOUND_GRADIENTS:
+            raise ValueError(f"gradient must be one of {BOUND_GRADIENTS}; got {gradient!r}")
+        kernel = self.linear_kernel()
+        u = l2_normalize(ops.convert_to_tensor(self.iterate))
+        if training and self.power_iterations > 0:
+            loop_kernel = kernel if gradient == "full" else ops.stop_gradient(kernel)
+            for _ in range(self.power_iterations):
+                u = self._step(u, loop_kernel)
+            self.iterate.assign(ops.stop_gradient(u))
+        return safe_norm(self.apply_linear(u, kernel))
+
+    def converge_iterate(self, max_iterations=500, tolerance=1e-6, check_every=25):
+        """Run power iteration (no gradients) until the estimate changes by less than
+        `tolerance` (relative) between checks, or `max_iterations`; store the iterate.
+
+        Returns the converged estimate as a Python float.
+        """
+        kernel = ops.stop_gradient(self.linear_kernel())
+        u = l2_normalize(ops.convert_to_tensor(self.iterate))
+        prev, done = None, 0
+        sigma = float(ops.convert_to_numpy(safe_norm(self.apply_linear(u, kernel))))
+        while done < max_iterations:
+            n = min(check_every, max_iterations - done)
+            for _ in range(n):
+                u = self._step(u, kernel)
+            done += n
+            sigma = float(ops.convert_to_numpy(safe_norm(self.apply_linear(u, kernel))))
+            if prev is not None and abs(sigma - prev) <= tolerance * max(sigma, 1e-30):
+                break
+            prev = sigma
+        self.iterate.assign(u)
+        return sigma
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"power_iterations": self.power_iterations})
+        return config

@@ -1,0 +1,68 @@
+"""Last-layer-normalized classification head."""
+import keras
+from keras import ops
+
+from gloro_keras.layers._ops import safe_norm
+
+
+@keras.saving.register_keras_serializable(package="gloro_keras")
+class LLNDense(keras.layers.Layer):
+    """Head with last-layer normalization: `y_i = ⟨x, w_i / ‖w_i‖⟩ + b_i`.
+
+    Each class's weight vector (a column of the kernel) is divided by its ℓ2 norm in the
+    forward pass; the bias is kept. In a GloroModel the margin between classes i and j is
+    bounded by `K·‖ŵ_i − ŵ_j‖` (≤ 2K).
+
+    Args:
+        units: number of classes.
+        use_bias: add a bias.
+
+    Example:
+    >>> head = LLNDense(10)
+    """
+
+    def __init__(self, units, use_bias=True, kernel_initializer="glorot_uniform", **kwargs):
+        super().__init__(**kwargs)
+        self.units = int(units)
+        if self.units < 2:
+            raise ValueError(f"LLNDense needs at least 2 classes; got units={units}")
+        self.use_bias = bool(use_bias)
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+
+    def build(self, input_shape):
+        if len(input_shape) != 2 or input_shape[-1] is None:
+            raise ValueError(
+                f"LLNDense '{self.name}' expects (batch, features) inputs; got {tuple(input_shape)}."
+            )
+        self.kernel = self.add_weight(
+            name="kernel", shape=(int(input_shape[-1]), self.units), initializer=self.kernel_initializer
+        )
+        self.bias = (
+            self.add_weight(name="bias", shape=(self.units,), initializer="zeros")
+            if self.use_bias
+            else None
+        )
+
+    def margin_kernel(self):
+        """Column-normalized kernel Ŵ (features, classes)."""
+        return self.kernel / safe_norm(self.kernel, axis=0, keepdims=True)
+
+    def call(self, x):
+        y = ops.matmul(x, self.margin_kernel())
+        if self.bias is not None:
+            y = y + self.bias
+        return y
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[:-1]) + (self.units,)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "units": self.units,
+                "use_bias": self.use_bias,
+                "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+            }
+        )
+        return config

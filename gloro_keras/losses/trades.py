@@ -1,0 +1,38 @@
+"""TRADES-style GloRo loss."""
+import keras
+from keras import ops
+
+from gloro_keras.losses.gloro_loss import GloroLoss
+
+
+def trades_loss(labels, outputs, lam=1.0):
+    """CE(clean logits, t) + λ·KL(p ‖ q): p = softmax of the m clean logits (0 on ⊥),
+    q = softmax of the m + 1 GloRo outputs."""
+    logits = outputs[:, :-1]
+    ce = ops.sparse_categorical_crossentropy(labels, logits, from_logits=True)
+    log_p = ops.log_softmax(logits, axis=-1)
+    log_q = ops.log_softmax(outputs, axis=-1)[:, :-1]
+    kl = ops.sum(ops.exp(log_p) * (log_p - log_q), axis=-1)
+    return ce + lam * kl
+
+
+@keras.saving.register_keras_serializable(package="gloro_keras")
+class TRADES(GloroLoss):
+    """TRADES for GloRo nets: clean cross-entropy plus λ times the KL divergence from the
+    clean prediction to the prediction with ⊥.
+
+    Args:
+        lam: λ, weight of the KL term (default 1).
+    """
+
+    def __init__(self, lam=1.0, name="trades", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.lam = float(lam)
+
+    def gloro_loss(self, labels, outputs, lift):
+        return trades_loss(labels, outputs, self.lam)
+
+    def get_config(self):
+        config = super().get_config()
+        config["lam"] = self.lam
+        return config

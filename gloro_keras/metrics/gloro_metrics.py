@@ -1,0 +1,63 @@
+"""Accuracy metrics over GloRo outputs (m logits + ⊥)."""
+import keras
+from keras import ops
+
+from gloro_keras.models.margins import sparse_labels
+
+
+def _split(y_true, y_pred):
+    m = y_pred.shape[-1] - 1
+    return sparse_labels(y_true, m), y_pred, m
+
+
+def clean_accuracy(y_true, y_pred):
+    """1 where argmax of the m clean logits equals the label."""
+    labels, y_pred, m = _split(y_true, y_pred)
+    return ops.cast(ops.equal(ops.cast(ops.argmax(y_pred[:, :m], axis=-1), "int32"), labels), "float32")
+
+
+def verified_robust_accuracy(y_true, y_pred):
+    """1 where argmax over all m + 1 outputs equals the label (correct and certified)."""
+    labels, y_pred, _ = _split(y_true, y_pred)
+    return ops.cast(ops.equal(ops.cast(ops.argmax(y_pred, axis=-1), "int32"), labels), "float32")
+
+
+def rejection_rate(y_true, y_pred):
+    """1 where argmax over all m + 1 outputs is ⊥ (not certified)."""
+    _, y_pred, m = _split(y_true, y_pred)
+    return ops.cast(ops.equal(ops.argmax(y_pred, axis=-1), m), "float32")
+
+
+class _GloroMetric(keras.metrics.MeanMetricWrapper):
+    fn = None
+    default_name = None
+
+    def __init__(self, name=None, dtype=None):
+        super().__init__(type(self).fn, name=name or self.default_name, dtype=dtype)
+
+    def get_config(self):
+        return {"name": self.name, "dtype": self.dtype}
+
+
+@keras.saving.register_keras_serializable(package="gloro_keras")
+class CleanAccuracy(_GloroMetric):
+    """Accuracy of the clean prediction (first m outputs). Name: "clean_acc"."""
+
+    fn = staticmethod(clean_accuracy)
+    default_name = "clean_acc"
+
+
+@keras.saving.register_keras_serializable(package="gloro_keras")
+class VerifiedRobustAccuracy(_GloroMetric):
+    """VRA: fraction both correct and certified at the model's ε. Name: "vra"."""
+
+    fn = staticmethod(verified_robust_accuracy)
+    default_name = "vra"
+
+
+@keras.saving.register_keras_serializable(package="gloro_keras")
+class RejectionRate(_GloroMetric):
+    """Fraction of inputs whose prediction is ⊥ (not certified). Name: "rejection_rate"."""
+
+    fn = staticmethod(rejection_rate)
+    default_name = "rejection_rate"

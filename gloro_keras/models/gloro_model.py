@@ -1,0 +1,326 @@
+"""GloRo network: m logits plus the ⊥ logit, certified at ℓ2 radius ε."""
+import hashlib
+import math
+import threading
+
+import keras
+import numpy as np
+from keras import ops
+
+from gloro_keras.models import margins
+from gloro_keras.models.network_analysis import analyze, head_kernel
+
+BOUNDS = ("sound", "power", "current")
+_BIG = 1e30
+
+
+def _check_epsilon(value, name="epsilon"):
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number; got {value!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be finite and >= 0; got {value}")
+    return value
+
+
+def _round_up_float32(value):
+    v32 = np.float32(value)
+    return np.nextafter(v32, np.float32(np.inf)) if float(v32) < value else v32
+
+
+@keras.saving.register_keras_serializable(package="gloro_keras")
+class GloroModel(keras.Model):
+    """A globally-robust (GloRo) network.
+
+    Wraps a chain `network` (Lipschitz-bounded layers, 1-Lipschitz activations, and a
+    linear head) and outputs its m logits plus the ⊥ logit
+
+        y_⊥ = max_{i≠j} (y_i + ε·K_ji),   K_ji = K·‖w_j − w_i‖,   j = argmax y,
+
+    where K is the product of the body's layer bounds and w the head's class vectors. A
+    prediction j is certified at radius ε iff y_j > y_⊥, i.e. argmax over all m+1 outputs
+    is not ⊥ (index m).
+
+    Forms:
+        GloroModel(network, epsilon=0.3)
+        GloroModel(inputs=x, outputs=y, epsilon=0.3)   # original gloro style; also
+        GloroModel(x, y, epsilon=0.3)
+
+    During `fit` every bounded layer runs its power iterations (persistent iterates) and
+    the bound is differentiated through; `compile(loss="emma" | "gloro_crossentropy" |
+    "trades", metrics=["clean_acc", "vra", "rejection_rate"])`. `epsilon` is the
+    certification radius; `epsilon_train` (defaults to epsilon) is the radius used while
+    training, which `gloro_keras.train.EpsilonScheduler` moves without retracing.
+
+    Certification (`certify`, `certified_radius`, `lipschitz_bound`) uses by default a
+    *sound* float64 upper bound on every layer's spectral norm (`bound="sound"`);
+    `bound="power"` uses converged power iteration (the published-numbers estimate, which
+    approaches the norm from below), `bound="current"` the stored iterates as they are.
+
+    Args:
+        network: a functional or Sequential keras.Model (see above).
+        epsilon: certification radius (ℓ2, input units), >= 0.
+        bound_gradient: "full" back-propagates through every power-iteration step of a
+            training call; "last" only through the final ‖A u‖.
+    """
+
+    def __init__(
+        self,
+        *args,
+        epsilon=None,
+        network=None,
+        inputs=None,
+        outputs=None,
+        bound_gradient="full",
+        name=None,
+        **kwargs,
+    ):
+        args = list(args)
+        if args and isinstance(args[0], keras.Model):
+            network = args.pop(0)
+        elif len(args) >= 2:
+            inputs, outputs = args.pop(0), args.pop(0)
+        if args:
+            if epsilon is not None or len(args) > 1:
+                raise TypeError("GloroModel got unexpected positional arguments.")
+            epsilon = args.pop(0)
+        if network is None:
+            if inputs is None or outputs is None:
+                raise ValueError("GloroModel needs `network=` or both `inputs=` and `outputs=`.")
+            network = keras.Model(inputs=inputs, outputs=outputs)
+        elif inputs is not None or outputs is not None:
+            raise ValueError("Pass either `network` or `inputs`/`outputs`, not both.")
+        if epsilon is None:
+            raise ValueError("GloroModel needs `epsilon`, the certification radius.")
+        epsilon = _check_epsilon(epsilon)
+        if bound_gradient not in ("full", "last"):
+            raise ValueError(f"bound_gradient must be 'full' or 'last'; got {bound_gradient!r}")
+        super().__init__(name=name, **kwargs)
+        self.network = network
+        self._plan = analyze(network)
+        self.num_classes = self._plan.num_classes
+        self.bound_gradient = bound_gradient
+        self._epsilon = self._scalar("epsilon", epsilon)
+        self._epsilon_train = self._scalar("epsilon_train", epsilon)
+        self._bound_cache = self._scalar("bound_cache", 0.0)
+        self._bound_cache_valid = self._scalar("bound_cache_valid", 0.0)
+        self._stash = threading.local()
+        self._loss_needs_bounds = False
+        self._sound_cache = {}
+        self.build(network.input_shape)
+
+    def _scalar(self, name, value):
+        return self.add_weight(
+            name=name, shape=(), initializer=keras.initializers.Constant(value),
+            trainable=False, dtype="float32", autocast=False, aggregation="only_first_replica",
+        )
+
+    def build(self, input_shape=None):
+        self.built = True
+
+    # -- radius ----------------------------------------------------------------------
+    @property
+    def epsilon(self):
+        """Certification radius (ℓ2). Setting it validates the value."""
+        return float(ops.convert_to_numpy(self._epsilon))
+
+    @epsilon.setter
+    def epsilon(self, value):
+        self._epsilon.assign(_check_epsilon(value))
+
+    @property
+    def epsilon_train(self):
+        """Radius used by training calls (scheduled by callbacks)."""
+        return float(ops.convert_to_numpy(self._epsilon_train))
+
+    @epsilon_train.setter
+    def epsilon_train(self, value):
+        self._epsilon_train.assign(_check_epsilon(value, "epsilon_train"))
+
+    # -- forward ---------------------------------------------------------------------
+    def body_bound(self, training=False):
+        """K, the product of the body's layer bounds, as a scalar tensor.
+
+        training=True runs the layers' power iterations (and invalidates the cached bound);
+        otherwise the cached bound from `update_bound_cache` is used when valid, else the
+        stored iterates' estimate.
+        """
+        k = ops.convert_to_tensor(self._plan.constant, dtype="float32")
+        for layer in self._plan.bounded:
+            k = k * ops.cast(layer.lipschitz_bound(training=training, gradient=self.bound_gradient), "float32")
+        if training:
+            self._bound_cache_valid.assign(0.0)
+            return k
+        valid = ops.convert_to_tensor(self._bound_cache_valid) > 0.5
+        return ops.where(valid, ops.convert_to_tensor(self._bound_cache), k)
+
+    def margin_bounds(self, training=False):
+        """(m, m) tensor K_ij bounding the Lipschitz constant of y_i − y_j."""
+        w = ops.cast(head_kernel(self._plan.head), "float32")
+        return self.body_bound(training) * margins.pairwise_distances(w)
+
+    def call(self, inputs, training=False):
+        logits = ops.cast(self.network(inputs, training=training), "float32")
+        kmat = self.margin_bounds(training)
+        self._stash.kmat = kmat
+        eps = ops.convert_to_tensor(self._epsilon_train if training else self._epsilon)
+        y_bot = margins.bottom_logit(logits, kmat, eps)
+        if not training:
+            # A non-finite output is never certified: ⊥ wins the argmax.
+            finite = ops.all(ops.isfinite(logits), axis=-1)
+            y_bot = ops.where(finite, y_bot, _BIG)
+            logits = ops.where(finite[:, None], logits, -_BIG)
+        return ops.concatenate([logits, y_bot[:, None]], axis=-1)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.num_classes + 1)
+
+    # -- training --------------------------------------------------------------------
+    def compile(self, optimizer="rmsprop", loss=None, metrics=None, jit_compile=None, **kwargs):
+        """`keras.Model.compile`, plus GloRo names: loss "emma" | "gloro_crossentropy" |
+        "trades" (and the original gloro's "sparse_crossentropy", "sparse_trades_kl.1.5",
+        ...), metrics "clean_acc" | "vra" | "rejection_rate". jit_compile defaults to
+        False on TensorFlow (graph mode is faster on CPU and XLA fails under tf.distribute
+        on CPU) and "auto" elsewhere."""
+        from gloro_keras import losses as gloro_losses
+        from gloro_keras import metrics as gloro_metrics
+
+        loss = gloro_losses.get(loss) if loss is not None else None
+        if metrics is not None:
+            metrics = [gloro_metrics.get(m) for m in metrics]
+        if jit_compile is None:
+            jit_compile = False if keras.backend.backend() == "tensorflow" else "auto"
+        self._loss_needs_bounds = isinstance(loss, gloro_losses.GloroLoss)
+        super().compile(optimizer=optimizer, loss=loss, metrics=metrics, jit_compile=jit_compile, **kwargs)
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        if self._loss_needs_bounds and y is not None and y_pred is not None:
+            y_pred = self._loss_inputs(y, y_pred, training)
+        return super().compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training)
+
+    def _loss_inputs(self, y, y_pred, training):
+        """Stack [logits, y_⊥] with [ε·K_t,: , 0] (t = label) for the GloRo losses."""
+        kmat = getattr(self._stash, "kmat", None)
+        if kmat is None:
+            kmat = self.margin_bounds(training=False)
+        else:
+            del self._stash.kmat
+        m = self.num_classes
+        labels = margins.sparse_labels(y, m)
+        eps = ops.convert_to_tensor(self._epsilon_train if training else self._epsilon)
+        lift = eps * ops.take(kmat, labels, axis=0) * (1.0 - ops.one_hot(labels, m))
+        lift = ops.concatenate([lift, ops.zeros_like(lift[:, :1])], axis=-1)
+        return ops.stack([ops.cast(y_pred, "float32"), lift], axis=1)
+
+    def _check_labels(self, y):
+        if y is None or not hasattr(y, "shape") or not hasattr(y, "dtype"):
+            return
+        y = np.asarray(y)
+        if y.dtype.kind in "iu" and (y.ndim == 1 or (y.ndim == 2 and y.shape[-1] == 1)) and y.size:
+            lo, hi = int(y.min()), int(y.max())
+            if lo < 0 or hi >= self.num_classes:
+                raise ValueError(
+                    f"Labels must be integers in [0, {self.num_classes}); got values in [{lo}, {hi}]."
+                )
+
+    def fit(self, x=None, y=None, *args, **kwargs):
+        self._check_labels(y)
+        vd = kwargs.get("validation_data")
+        if isinstance(vd, (tuple, list)) and len(vd) >= 2:
+            self._check_labels(vd[1])
+        return super().fit(x, y, *args, **kwargs)
+
+    def evaluate(self, x=None, y=None, *args, **kwargs):
+        self._check_labels(y)
+        return super().evaluate(x, y, *args, **kwargs)
+
+    # -- bounds ----------------------------------------------------------------------
+    def converge_bounds(self, max_iterations=500, tolerance=1e-6):
+        """Run every layer's power iteration to convergence (no gradients); returns K."""
+        k = self._plan.constant
+        for layer in self._plan.bounded:
+            k *= layer.converge_iterate(max_iterations=max_iterations, tolerance=tolerance)
+        return float(k)
+
+    def _fingerprint(self):
+        h = hashlib.blake2b(digest_size=16)
+        for layer in self._plan.bounded:
+            for v in layer.weights:
+                if v.trainable:
+                    h.update(np.ascontiguousarray(ops.convert_to_numpy(v)).tobytes())
+        return h.hexdigest()
+
+    def lipschitz_bound(self, bound="sound"):
+        """K, the product of the body's layer bounds (the sub-Lipschitz constant), as a float.
+
+        bound: "sound" (guaranteed ≥ the true product of spectral norms; cached per weights),
+            "power" (power iteration run to convergence), or "current" (stored iterates).
+        """
+        if bound not in BOUNDS:
+            raise ValueError(f"bound must be one of {BOUNDS}; got {bound!r}")
+        if bound == "power":
+            return self.converge_bounds()
+        if bound == "current":
+            k = self._plan.constant
+            for layer in self._plan.bounded:
+                k *= float(ops.convert_to_numpy(layer.lipschitz_bound(training=False)))
+            return k
+        key = self._fingerprint()
+        if key not in self._sound_cache:
+            k = self._plan.constant * (1.0 + margins.FLOAT64_SAFETY)
+            for layer in self._plan.bounded:
+                k *= float(layer.sound_lipschitz_bound())
+            self._sound_cache = {key: k}
+        return self._sound_cache[key]
+
+    def margin_bound_matrix(self, bound="sound"):
+        """float64 (m, m) matrix K_ij bounding the Lipschitz constant of y_i − y_j."""
+        w = ops.convert_to_numpy(head_kernel(self._plan.head))
+        return self.lipschitz_bound(bound) * margins.pairwise_distances_np(w)
+
+    def update_bound_cache(self, bound="sound"):
+        """Compute K once (see `lipschitz_bound`) and use it for inference calls
+        (`predict`, `evaluate`) until the next training step. Returns K."""
+        k = self.lipschitz_bound(bound)
+        self._bound_cache.assign(_round_up_float32(k) if bound == "sound" else np.float32(k))
+        self._bound_cache_valid.assign(1.0)
+        return k
+
+    # -- certification ---------------------------------------------------------------
+    def predict_logits(self, x, batch_size=256, verbose=0):
+        """The network's m clean logits as float64 numpy (no bound involved)."""
+        return np.asarray(self.network.predict(x, batch_size=batch_size, verbose=verbose), dtype=np.float64)
+
+    def certify(self, x, epsilon=None, bound="sound", batch_size=256):
+        """Certified class per input, or `num_classes` (⊥) where robustness at `epsilon`
+        (default: self.epsilon) cannot be certified. The bound is computed once per call.
+        Inputs with non-finite values (or non-finite logits) always get ⊥."""
+        eps = self.epsilon if epsilon is None else _check_epsilon(epsilon)
+        kmat = self.margin_bound_matrix(bound)
+        return margins.certify_np(self.predict_logits(x, batch_size), kmat, eps)
+
+    def certified_radius(self, x, bound="sound", batch_size=256):
+        """Per input, the radius r such that the prediction is certified for every ε < r
+        (0 where it is not robust; 0 for non-finite inputs)."""
+        kmat = self.margin_bound_matrix(bound)
+        return margins.certified_radius_np(self.predict_logits(x, batch_size), kmat)
+
+    # -- serialization ---------------------------------------------------------------
+    def get_config(self):
+        return {
+            "name": self.name,
+            "trainable": self.trainable,
+            "network": keras.saving.serialize_keras_object(self.network),
+            "epsilon": self.epsilon,
+            "bound_gradient": self.bound_gradient,
+        }
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        network = keras.saving.deserialize_keras_object(config.pop("network"), custom_objects=custom_objects)
+        return cls(network=network, **config)
+
+
+GloroNet = GloroModel
