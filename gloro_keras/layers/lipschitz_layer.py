@@ -2,7 +2,7 @@
 import keras
 from keras import ops
 
-from gloro_keras.layers._ops import l2_normalize, safe_norm
+from gloro_keras.layers._ops import TINY, l2_normalize, safe_norm
 
 BOUND_GRADIENTS = ("full", "last")
 
@@ -56,11 +56,11 @@ class LipschitzLayer(keras.layers.Layer):
 
     def _step(self, u, kernel):
         w = self.apply_adjoint(self.apply_linear(u, kernel), kernel)
-        norm = safe_norm(w)
+        sq = ops.sum(ops.square(w))
         # An iterate in the null space would stay 0 forever and under-estimate ‖A‖ once
         # the weights move: restart it from the all-ones direction.
         restart = l2_normalize(ops.ones_like(w))
-        return ops.where(norm > 1e-30, w / norm, restart)
+        return ops.where(sq > TINY, w / ops.sqrt(ops.maximum(sq, TINY)), restart)
 
     def lipschitz_bound(self, training=False, gradient="full"):
         """Power-iteration estimate of ‖A‖₂ as a scalar tensor.

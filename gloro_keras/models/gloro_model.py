@@ -194,6 +194,12 @@ class GloroModel(keras.Model):
         self._loss_needs_bounds = isinstance(loss, gloro_losses.GloroLoss)
         super().compile(optimizer=optimizer, loss=loss, metrics=metrics, jit_compile=jit_compile, **kwargs)
 
+    def compile_from_config(self, config):
+        """Re-compile after `load_model` (the optimizer state is then restored)."""
+        self.compile(**keras.saving.deserialize_keras_object(config))
+        if getattr(self, "optimizer", None) is not None and self.built:
+            self.optimizer.build(self.trainable_variables)
+
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         if self._loss_needs_bounds and y is not None and y_pred is not None:
             y_pred = self._loss_inputs(y, y_pred, training)

@@ -1,0 +1,60 @@
+"""Shared test helpers: real-data paths, explicit operator matrices, input gradients."""
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def shared_data(name):
+    """Path of a file in ../shared/data; skips the test only when that folder is absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip("../shared/data is not present on this machine")
+    path = SHARED_DATA / name
+    assert path.exists(), f"{path} missing although ../shared/data exists"
+    return path
+
+
+def explicit_matrix(linear_fn, input_shape, batch=256):
+    """Matrix of a linear map by pushing basis vectors: (out_dim, in_dim), float64."""
+    n = int(np.prod(input_shape))
+    cols = []
+    for start in range(0, n, batch):
+        idx = np.arange(start, min(n, start + batch))
+        basis = np.zeros((len(idx), n), dtype="float32")
+        basis[np.arange(len(idx)), idx] = 1.0
+        out = keras.ops.convert_to_numpy(linear_fn(basis.reshape((len(idx),) + tuple(input_shape))))
+        cols.append(out.reshape(len(idx), -1).astype("float64"))
+    return np.concatenate(cols, axis=0).T
+
+
+def spectral_norm(matrix):
+    return float(np.linalg.svd(matrix, compute_uv=False)[0])
+
+
+def input_gradient(fn, x):
+    """d(sum fn(x))/dx for a function of a batch, on the active backend."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        x = tf.convert_to_tensor(x)
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = tf.reduce_sum(fn(x))
+        return tape.gradient(y, x).numpy()
+    if backend == "jax":
+        import jax
+        import jax.numpy as jnp
+
+        return np.asarray(jax.grad(lambda z: jnp.sum(fn(z)))(jnp.asarray(x)))
+    pytest.skip(f"no gradient helper for backend {backend}")
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    keras.utils.set_random_seed(1234)
+    yield

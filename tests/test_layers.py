@@ -1,0 +1,202 @@
+"""Layer math: MinMax, the merged LiResNet conv, exact adjoints, and bounds vs exact norms."""
+import math
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+from conftest import explicit_matrix, spectral_norm
+from gloro_keras.layers import (
+    LiResNetBlock,
+    LipschitzConv2D,
+    LipschitzDense,
+    LLNDense,
+    MinMax,
+    ResNetBlock,
+)
+
+# (input H×W×C, filters, kernel, stride, padding): every conv shape the builders use, small.
+CONV_CASES = {
+    "same3x3": ((6, 6, 3), 4, 3, 1, "same"),
+    "stem32_k5s2p2": ((8, 8, 3), 4, 5, 2, 2),
+    "stem64_k7s4p3": ((12, 12, 2), 4, 7, 4, 3),
+    "patchify_k4s4": ((8, 8, 3), 6, 4, 4, 0),
+    "neck_k4s4_padded": ((6, 6, 4), 4, 4, 4, ((1, 1), (1, 1))),
+    "same_stride2_odd": ((7, 7, 2), 3, 3, 2, "same"),
+    "valid_k3s2": ((9, 8, 2), 3, 3, 2, "valid"),
+}
+
+
+def build(layer, shape):
+    x = keras.Input(shape)
+    layer(x)
+    return layer
+
+
+def linear_part(layer):
+    """The layer's forward map minus its bias (a linear map), through `layer(x)`."""
+    def fn(x):
+        y = layer(x)
+        return y - layer.bias if getattr(layer, "bias", None) is not None else y
+    return fn
+
+
+def test_minmax_pairs_halves_and_rejects_odd_width():
+    x = np.array([[1.0, -2.0, 3.0, 0.0]], dtype="float32")
+    np.testing.assert_allclose(ops.convert_to_numpy(MinMax()(x)), [[3.0, 0.0, 1.0, -2.0]])
+    x4 = np.random.randn(2, 3, 3, 6).astype("float32")
+    y4 = ops.convert_to_numpy(MinMax()(x4))
+    np.testing.assert_allclose(np.sort(y4, axis=-1), np.sort(x4, axis=-1), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="even number of channels"):
+        MinMax()(np.zeros((1, 5), dtype="float32"))
+
+
+def test_minmax_is_norm_preserving_permutation():
+    x, z = np.random.randn(2, 16, 10).astype("float32")
+    d_in = np.linalg.norm(x - z, axis=-1)
+    d_out = np.linalg.norm(ops.convert_to_numpy(MinMax()(x) - MinMax()(z)), axis=-1)
+    assert np.all(d_out <= d_in + 1e-5)
+
+
+@pytest.mark.parametrize("L", [1, 6, 18])
+def test_liresnet_block_is_one_conv_equal_to_residual_form(L):
+    block = build(LiResNetBlock(num_blocks=L), (7, 7, 8))
+    block.beta.assign(np.random.uniform(0.5, 2.0, 8).astype("float32"))
+    block.bias.assign(np.random.randn(8).astype("float32"))
+    block.residual_kernel.assign(np.random.randn(3, 3, 8, 8).astype("float32") * 0.2)
+    x = np.random.randn(4, 7, 7, 8).astype("float32")
+    conv_v = ops.conv(x, block.residual_kernel, strides=1, padding="same")
+    expected = x + (1 / math.sqrt(L)) * block.beta * conv_v + block.bias
+    np.testing.assert_allclose(ops.convert_to_numpy(block(x)), ops.convert_to_numpy(expected), atol=1e-5)
+
+
+def test_liresnet_default_init_follows_the_paper():
+    block = build(LiResNetBlock(num_blocks=6), (16, 16, 64))
+    v = ops.convert_to_numpy(block.residual_kernel)
+    assert abs(v.std() - 1 / (9 * 64)) < 0.1 / (9 * 64)
+    np.testing.assert_array_equal(ops.convert_to_numpy(block.beta), np.ones(64))
+    k = ops.convert_to_numpy(block.linear_kernel() - block.residual_kernel * block.beta / math.sqrt(6))
+    delta = np.zeros((3, 3, 64, 64)); delta[1, 1] = np.eye(64)
+    np.testing.assert_allclose(k, delta, atol=1e-6)
+
+
+@pytest.mark.parametrize("case", sorted(CONV_CASES))
+def test_conv_adjoint_is_exact(case):
+    shape, filters, k, s, p = CONV_CASES[case]
+    layer = build(LipschitzConv2D(filters, k, strides=s, padding=p), shape)
+    x = np.random.randn(2, *shape).astype("float32")
+    ax = layer.apply_linear(x, layer.kernel)
+    v = np.random.randn(*ax.shape).astype("float32")
+    atv = layer.apply_adjoint(v, layer.kernel)
+    assert tuple(atv.shape) == x.shape
+    lhs = float(ops.sum(ax * v))
+    rhs = float(ops.sum(x * atv))
+    assert abs(lhs - rhs) <= 1e-4 * (abs(lhs) + 1.0)
+    # the forward map is exactly the conv with explicit zero padding (PyTorch-style padding)
+    if not isinstance(p, str):
+        pads = ((p, p), (p, p)) if isinstance(p, int) else p
+        ref = ops.conv(np.pad(x, ((0, 0), *pads, (0, 0))), layer.kernel, strides=s, padding="valid")
+        np.testing.assert_allclose(ops.convert_to_numpy(ax), ops.convert_to_numpy(ref), atol=1e-5)
+
+
+def _check_against_exact(layer, shape):
+    """Converged power iteration vs SVD of the explicit operator of the real forward map."""
+    exact = spectral_norm(explicit_matrix(linear_part(layer), shape))
+    est = layer.converge_iterate(max_iterations=5000, tolerance=1e-9, check_every=50)
+    # Power iteration approaches from below: within 1e-3, never above exact beyond round-off.
+    assert est <= exact * (1 + 1e-5), (est, exact)
+    assert est >= exact * (1 - 1e-3), (est, exact)
+    return est, exact
+
+
+@pytest.mark.parametrize("case", sorted(CONV_CASES))
+def test_conv_power_iteration_matches_exact_norm(case):
+    shape, filters, k, s, p = CONV_CASES[case]
+    layer = build(LipschitzConv2D(filters, k, strides=s, padding=p, kernel_initializer="glorot_normal"), shape)
+    _check_against_exact(layer, shape)
+
+
+def test_liresnet_block_power_iteration_matches_exact_norm():
+    layer = build(LiResNetBlock(num_blocks=2), (6, 6, 4))
+    layer.residual_kernel.assign(np.random.randn(3, 3, 4, 4).astype("float32") * 0.3)
+    layer.beta.assign(np.random.uniform(0.5, 1.5, 4).astype("float32"))
+    _check_against_exact(layer, (6, 6, 4))
+
+
+def test_dense_power_iteration_matches_exact_norm():
+    layer = build(LipschitzDense(7, kernel_initializer="glorot_normal"), (12,))
+    est, exact = _check_against_exact(layer, (12,))
+    np.testing.assert_allclose(exact, np.linalg.norm(ops.convert_to_numpy(layer.kernel), 2), rtol=1e-6)
+
+
+def test_training_calls_iterate_and_store_the_iterate():
+    layer = build(LipschitzConv2D(4, 3, power_iterations=3), (5, 5, 2))
+    before = ops.convert_to_numpy(layer.iterate).copy()
+    s0 = float(layer.lipschitz_bound(training=False))
+    np.testing.assert_array_equal(ops.convert_to_numpy(layer.iterate), before)  # inference: no update
+    s1 = float(layer.lipschitz_bound(training=True))
+    assert not np.allclose(ops.convert_to_numpy(layer.iterate), before)
+    assert s1 >= s0 * (1 - 1e-6)  # iterating moves the estimate up toward ‖A‖
+
+
+def test_power_iteration_is_nan_safe_for_a_zero_kernel():
+    layer = build(LipschitzConv2D(4, 3, power_iterations=5), (5, 5, 2))
+    layer.kernel.assign(np.zeros((3, 3, 2, 4), dtype="float32"))
+    assert float(layer.lipschitz_bound(training=True)) == pytest.approx(0.0, abs=1e-6)
+    assert np.all(np.isfinite(ops.convert_to_numpy(layer.iterate)))
+    # after the kernel becomes non-zero the estimate recovers (restarted iterate)
+    layer.kernel.assign(np.random.randn(3, 3, 2, 4).astype("float32"))
+    assert layer.converge_iterate(max_iterations=200) > 0.1
+
+
+def test_lln_head_normalizes_class_vectors_and_keeps_bias():
+    head = build(LLNDense(5), (8,))
+    head.bias.assign(np.arange(5, dtype="float32"))
+    w = ops.convert_to_numpy(head.kernel)
+    x = np.random.randn(3, 8).astype("float32")
+    expected = x @ (w / np.linalg.norm(w, axis=0)) + np.arange(5)
+    np.testing.assert_allclose(ops.convert_to_numpy(head(x)), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_resnet_block_bound_dominates_its_empirical_lipschitz_ratio():
+    block = build(ResNetBlock(), (6, 6, 4))
+    block.beta.assign(np.random.uniform(-1, 1, 4).astype("float32"))
+    bound = block.converge_iterate(max_iterations=2000, tolerance=1e-9)
+    x = np.random.randn(64, 6, 6, 4).astype("float32")
+    z = x + 0.01 * np.random.randn(*x.shape).astype("float32")
+    num = np.linalg.norm(ops.convert_to_numpy(block(x) - block(z)).reshape(64, -1), axis=1)
+    den = np.linalg.norm((x - z).reshape(64, -1), axis=1)
+    assert np.max(num / den) <= bound * (1 + 1e-4)
+    assert bound >= 1.0
+
+
+@pytest.mark.parametrize(
+    "layer, shape",
+    [
+        (lambda: LipschitzConv2D(4, 5, strides=2, padding=2, power_iterations=3), (8, 8, 3)),
+        (lambda: LipschitzDense(6, use_bias=False), (5,)),
+        (lambda: LiResNetBlock(num_blocks=4, power_iterations=2), (4, 4, 6)),
+        (lambda: ResNetBlock(), (4, 4, 2)),
+        (lambda: LLNDense(3), (4,)),
+        (lambda: MinMax(), (4,)),
+    ],
+)
+def test_layer_config_round_trip(layer, shape):
+    original = build(layer(), shape)
+    clone = type(original).from_config(original.get_config())
+    build(clone, shape)
+    assert clone.get_config() == original.get_config()
+    restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(original))
+    assert type(restored) is type(original)
+
+
+def test_bad_layer_arguments_are_clear():
+    with pytest.raises(ValueError, match="power_iterations"):
+        LipschitzConv2D(4, 3, power_iterations=-1)
+    with pytest.raises(ValueError, match="odd"):
+        LiResNetBlock(kernel_size=2)
+    with pytest.raises(ValueError, match="padding"):
+        build(LipschitzConv2D(4, 3, padding="reflect"), (5, 5, 2))
+    with pytest.raises(ValueError, match="static"):
+        build(LipschitzConv2D(4, 3), (None, None, 2))

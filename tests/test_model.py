@@ -1,0 +1,200 @@
+"""GloroModel: ⊥ logit, whole-model bounds vs gradients, API forms, errors, save/load."""
+import math
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+import gloro_keras as gk
+from conftest import explicit_matrix, input_gradient, spectral_norm
+from gloro_keras.layers import LipschitzConv2D, LipschitzDense, LLNDense, MinMax
+from gloro_keras.models import margins
+
+
+def tiny_liresnet(block="liresnet", classes=4, eps=0.1):
+    return gk.GloroLiResNet(L=2, W=4, num_classes=classes, input_shape=(8, 8, 1), epsilon=eps,
+                            dense_width=8, block=block)
+
+
+def test_output_is_logits_plus_bottom_logit_by_definition():
+    model = tiny_liresnet(eps=0.7)
+    x = np.random.rand(16, 8, 8, 1).astype("float32")
+    out = ops.convert_to_numpy(model(x))
+    logits = model.predict_logits(x)
+    kmat = model.margin_bound_matrix("current")
+    np.testing.assert_allclose(out[:, :4], logits, rtol=1e-5, atol=1e-6)
+    j = logits.argmax(-1)
+    expected = np.array([max(logits[b, i] + 0.7 * kmat[j[b], i] for i in range(4) if i != j[b]) for b in range(16)])
+    np.testing.assert_allclose(out[:, 4], expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("block", ["liresnet", "convnet", "resnet"])
+def test_model_bound_dominates_margin_gradients(block):
+    model = tiny_liresnet(block)
+    for layer in model.network.layers:  # make the weights less benign than the init
+        for v in layer.trainable_weights:
+            v.assign(v + 0.3 * np.random.randn(*v.shape).astype("float32"))
+    model.converge_bounds(max_iterations=3000, tolerance=1e-9)
+    kmat = model.margin_bound_matrix("current")
+    x = np.random.rand(64, 8, 8, 1).astype("float32")
+    worst = 0.0
+    for i in range(4):
+        for j in range(4):
+            if i != j:
+                g = input_gradient(lambda z: model.network(z)[:, i] - model.network(z)[:, j], x)
+                ratio = np.linalg.norm(g.reshape(64, -1), axis=1).max() / kmat[i, j]
+                worst = max(worst, ratio)
+    assert worst <= 1 + 1e-4, worst
+    # not vacuous; the conventional block's 1 + |β|K₂K₁ bound is loose by design (paper §3)
+    assert worst > (1e-3 if block == "resnet" else 0.05)
+
+
+def test_product_bound_equals_product_of_exact_layer_norms():
+    model = tiny_liresnet()
+    model.converge_bounds(max_iterations=5000, tolerance=1e-10)
+    exact = 1.0
+    for layer in model._plan.bounded:
+        shape = tuple(layer.iterate.shape[1:])
+        fn = lambda z, l=layer: l.apply_linear(z, l.linear_kernel())
+        exact *= spectral_norm(explicit_matrix(fn, shape))
+    k = model.lipschitz_bound("current")
+    assert abs(k - exact) <= 1e-3 * exact and k <= exact * (1 + 1e-5), (k, exact)
+
+
+def test_constructor_forms_alias_and_original_gloro_style():
+    x = keras.Input((6,))
+    z = gk.layers.Dense(8)(x)
+    z = MinMax()(z)
+    y = gk.layers.Dense(3)(z)
+    for model in (gk.GloroModel(inputs=x, outputs=y, epsilon=0.5), gk.GloroNet(x, y, epsilon=0.5),
+                  gk.GloroModel(keras.Model(x, y), epsilon=0.5), gk.GloroModel(keras.Model(x, y), 0.5)):
+        assert model.num_classes == 3 and model.epsilon == 0.5
+        assert model(np.zeros((2, 6), "float32")).shape == (2, 4)
+    seq = keras.Sequential([keras.Input((6,)), gk.layers.Dense(8), MinMax(), LLNDense(3)])
+    assert gk.GloroModel(seq, epsilon=0.1).num_classes == 3
+
+
+def test_unsupported_layers_are_errors_naming_the_layer():
+    x = keras.Input((6,))
+    z = keras.layers.Dense(8, name="plain_dense")(x)
+    y = LLNDense(3)(MinMax()(z))
+    with pytest.raises(ValueError, match="plain_dense.*gloro_keras.layers.Dense"):
+        gk.GloroModel(x, y, epsilon=0.1)
+    z = keras.layers.BatchNormalization(name="bn")(gk.layers.Dense(8)(x))
+    with pytest.raises(ValueError, match="'bn'"):
+        gk.GloroModel(x, LLNDense(3)(z), epsilon=0.1)
+    a = gk.layers.Dense(8)(x)
+    z = keras.layers.Add(name="skip")([a, gk.layers.Dense(8)(x)])
+    with pytest.raises(ValueError, match="skip"):
+        gk.GloroModel(x, LLNDense(3)(z), epsilon=0.1)
+    with pytest.raises(ValueError, match="linear classification head"):
+        gk.GloroModel(x, MinMax(name="last")(gk.layers.Dense(4)(x)), epsilon=0.1)
+
+
+@pytest.mark.parametrize("bad", [-0.1, float("nan"), float("inf"), "abc"])
+def test_bad_epsilon_is_a_value_error(bad):
+    with pytest.raises(ValueError, match="epsilon"):
+        tiny_liresnet(eps=bad)
+    model = tiny_liresnet()
+    with pytest.raises(ValueError, match="epsilon"):
+        model.epsilon = bad
+    with pytest.raises(ValueError, match="epsilon"):
+        model.certify(np.zeros((1, 8, 8, 1), "float32"), epsilon=bad, bound="current")
+
+
+def test_epsilon_is_a_variable_read_at_run_time():
+    model = tiny_liresnet(eps=0.0)
+    model.compile(loss="emma")
+    x = np.random.rand(8, 8, 8, 1).astype("float32")
+    p0 = model.predict(x, verbose=0)
+    fn = model.predict_function
+    model.epsilon = 5.0
+    p1 = model.predict(x, verbose=0)
+    assert model.predict_function is fn  # no new function, no retrace
+    assert np.all(p1[:, -1] > p0[:, -1])
+
+
+def test_certify_matches_the_gloro_output_and_rejects_non_finite_inputs():
+    model = tiny_liresnet(eps=0.01)
+    x = np.random.rand(32, 8, 8, 1).astype("float32")
+    x[3, 0, 0, 0] = np.nan
+    x[5, 2, 2, 0] = np.inf
+    model.update_bound_cache("power")
+    certified = model.certify(x, bound="power")
+    pred = model.predict(x, verbose=0).argmax(-1)
+    assert certified[3] == 4 and certified[5] == 4 and pred[3] == 4 and pred[5] == 4
+    agree = np.mean(certified == pred)
+    assert agree == 1.0, (certified, pred)
+    radius = model.certified_radius(x, bound="power")
+    assert radius[3] == 0 and radius[5] == 0
+    # certified at ε exactly where the radius exceeds ε
+    np.testing.assert_array_equal(certified != 4, radius > 0.01)
+
+
+def test_sound_bound_is_at_least_the_converged_power_bound():
+    pytest.importorskip("gloro_keras.bounds")
+    model = tiny_liresnet()
+    power = model.lipschitz_bound("power")
+    sound = model.lipschitz_bound("sound")
+    assert sound >= power * (1 - 1e-7)
+    assert sound <= power * 1.5
+
+
+def test_bad_inputs_give_clear_errors():
+    model = tiny_liresnet()
+    model.compile(optimizer="adam", loss="emma")
+    with pytest.raises(ValueError, match="(?i)shape|incompatible"):
+        model.predict(np.zeros((2, 9, 9, 1), "float32"), verbose=0)
+    with pytest.raises(ValueError, match=r"Labels must be integers in \[0, 4\)"):
+        model.fit(np.zeros((4, 8, 8, 1), "float32"), np.array([0, 1, 2, 7]), verbose=0)
+    with pytest.raises(ValueError, match="even"):
+        gk.GloroLiResNet(L=1, W=5, num_classes=3, input_shape=(8, 8, 1))
+
+
+def test_training_updates_iterates_and_invalidates_the_cache():
+    model = tiny_liresnet()
+    model.compile(optimizer="adam", loss="emma", metrics=["clean_acc", "vra", "rejection_rate"])
+    model.update_bound_cache("power")
+    stem = model.network.get_layer("stem")
+    before = ops.convert_to_numpy(stem.iterate).copy()
+    x = np.random.rand(16, 8, 8, 1).astype("float32")
+    y = np.random.randint(0, 4, 16)
+    hist = model.fit(x, y, epochs=1, batch_size=8, verbose=0)
+    assert set(hist.history) >= {"loss", "clean_acc", "vra", "rejection_rate"}
+    assert not np.allclose(ops.convert_to_numpy(stem.iterate), before)
+    assert float(ops.convert_to_numpy(model._bound_cache_valid)) == 0.0
+
+
+def test_paper_scale_model_builds():
+    model = gk.GloroLiResNet(L=18, W=256, num_classes=10, input_shape=(32, 32, 3))
+    assert model(np.zeros((1, 32, 32, 3), "float32")).shape == (1, 11)
+    assert len(model._plan.bounded) == 18 + 3
+    assert model.network.get_layer("stem").output.shape[1:] == (16, 16, 256)
+    assert model.network.get_layer("neck_conv").output.shape[1:] == (4, 4, 512)
+    tiny = gk.GloroLiResNet(L=1, W=6, num_classes=5, input_shape=(64, 64, 3))
+    assert tiny.network.get_layer("stem").output.shape[1:3] == (16, 16)
+    big = gk.GloroLiResNet(L=1, W=588, num_classes=5, input_shape=(224, 224, 3), dense_width=16)
+    assert big.network.get_layer("stem").kernel_size == (14, 14)
+    assert big.network.get_layer("stem").output.shape[1:3] == (16, 16)
+
+
+def test_save_load_round_trip_and_continue_training(tmp_path):
+    model = tiny_liresnet(eps=0.05)
+    model.compile(optimizer=keras.optimizers.AdamW(1e-3, weight_decay=1e-4, global_clipnorm=3.0),
+                  loss="trades.2", metrics=["clean_acc", "vra"])
+    x = np.random.rand(32, 8, 8, 1).astype("float32")
+    y = np.random.randint(0, 4, 32)
+    model.fit(x, y, epochs=1, batch_size=16, verbose=0)
+    model.epsilon_train = 0.03
+    path = tmp_path / "m.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert isinstance(loaded, gk.GloroModel)
+    assert loaded.epsilon == pytest.approx(0.05) and loaded.epsilon_train == pytest.approx(0.03)
+    assert loaded.loss.lam == 2.0
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-6, atol=1e-6)
+    assert loaded.lipschitz_bound("current") == pytest.approx(model.lipschitz_bound("current"), rel=1e-6)
+    np.testing.assert_array_equal(loaded.certify(x, bound="current"), model.certify(x, bound="current"))
+    loaded.fit(x, y, epochs=1, batch_size=16, verbose=0)  # optimizer state and loss restored
+    assert int(ops.convert_to_numpy(loaded.optimizer.iterations)) == 4
