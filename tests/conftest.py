@@ -5,8 +5,11 @@ import keras
 import numpy as np
 import pytest
 
+import gloro_keras as gk
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
+MNIST_EPS = 0.3
 
 
 def shared_data(name):
@@ -58,3 +61,22 @@ def input_gradient(fn, x):
 def _seed():
     keras.utils.set_random_seed(1234)
     yield
+
+
+@pytest.fixture(scope="session")
+def trained_mnist():
+    """A GloRo LiResNet trained 300 steps with EMMA on real MNIST (ε = 0.3), and 1000 test images."""
+    keras.utils.set_random_seed(0)
+    d = np.load(shared_data("mnist.npz"))
+    x = (d["x_train"][:12800, :, :, None] / 255.0).astype("float32")
+    y = d["y_train"][:12800].astype("int32")
+    xt = (d["x_test"][:1000, :, :, None] / 255.0).astype("float32")
+    yt = d["y_test"][:1000].astype("int32")
+    model = gk.GloroLiResNet(L=2, W=32, num_classes=10, input_shape=(28, 28, 1), epsilon=MNIST_EPS, dense_width=128)
+    model.compile(
+        optimizer=keras.optimizers.AdamW(2e-3, weight_decay=1e-4, global_clipnorm=3.0),
+        loss="emma",
+        metrics=["clean_acc", "vra", "rejection_rate"],
+    )
+    model.fit(x, y, epochs=3, batch_size=128, verbose=0)  # 300 steps
+    return model, xt, yt

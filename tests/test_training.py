@@ -1,34 +1,12 @@
 """A short `fit` on real MNIST raises VRA far above chance, and attacks confirm certificates."""
-import keras
 import numpy as np
 import pytest
 
-import gloro_keras as gk
-from conftest import shared_data
-
-EPS = 0.3
+from conftest import MNIST_EPS as EPS
 
 
-@pytest.fixture(scope="module")
-def trained():
-    keras.utils.set_random_seed(0)
-    d = np.load(shared_data("mnist.npz"))
-    x = (d["x_train"][:12800, :, :, None] / 255.0).astype("float32")
-    y = d["y_train"][:12800].astype("int32")
-    xt = (d["x_test"][:1000, :, :, None] / 255.0).astype("float32")
-    yt = d["y_test"][:1000].astype("int32")
-    model = gk.GloroLiResNet(L=2, W=32, num_classes=10, input_shape=(28, 28, 1), epsilon=EPS, dense_width=128)
-    model.compile(
-        optimizer=keras.optimizers.AdamW(2e-3, weight_decay=1e-4, global_clipnorm=3.0),
-        loss="emma",
-        metrics=["clean_acc", "vra", "rejection_rate"],
-    )
-    model.fit(x, y, epochs=3, batch_size=128, verbose=0)  # 300 steps
-    return model, xt, yt
-
-
-def test_short_fit_on_mnist_certifies_far_above_chance(trained):
-    model, xt, yt = trained
+def test_short_fit_on_mnist_certifies_far_above_chance(trained_mnist):
+    model, xt, yt = trained_mnist
     certified = model.certify(xt)  # sound bound
     vra = float(np.mean(certified == yt))
     clean = float(np.mean(model.predict_logits(xt).argmax(-1) == yt))
@@ -43,10 +21,10 @@ def test_short_fit_on_mnist_certifies_far_above_chance(trained):
     assert logs["vra"] == pytest.approx(vra, abs=2e-3)
 
 
-def test_pgd_finds_no_adversarial_example_on_certified_points(trained):
+def test_pgd_finds_no_adversarial_example_on_certified_points(trained_mnist):
     from gloro_keras.attacks import pgd_l2
 
-    model, xt, yt = trained
+    model, xt, yt = trained_mnist
     certified = model.certify(xt)
     idx = np.flatnonzero(certified == yt)[:200]
     assert len(idx) >= 100

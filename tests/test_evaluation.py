@@ -1,0 +1,38 @@
+"""Certification report on a model trained on real MNIST: attacks, lower bound, plots."""
+import json
+
+import numpy as np
+import pytest
+
+from gloro_keras.evaluation import certification_report
+from conftest import MNIST_EPS
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_figures_are_consistent_and_sound(trained_mnist, tmp_path):
+    model, xt, yt = trained_mnist
+    x, y = xt[:300], yt[:300]
+    report = certification_report(model, x, y, attack=True, attack_steps=30, lower_bound=True,
+                                  lower_bound_points=32, soundness=True, soundness_points=60,
+                                  output_dir=tmp_path)
+    assert report.epsilon == pytest.approx(MNIST_EPS)
+    # sound K ≥ converged power-iteration K, so it certifies no more than the estimate
+    assert report.bounds["sound"] >= report.bounds["power"] * (1 - 1e-7)
+    assert report.vra_by_bound["sound"] <= report.vra_by_bound["power"]
+    assert report.vra == report.vra_by_bound["sound"] > 0.5
+    # an attack can never beat a true certificate
+    assert report.pgd_accuracy >= report.vra
+    assert report.clean_accuracy >= report.pgd_accuracy
+    assert report.soundness_violations == 0 and report.soundness_checked >= 50
+    # empirical lower bound ≤ certified bound, pair by pair
+    assert 0 < report.tightness <= 1.0
+    # whole certified-accuracy curve from radii agrees with certify() at ε
+    at_eps = dict((round(e, 9), a) for e, a in report.certified_accuracy_curve)[round(report.epsilon, 9)]
+    assert at_eps == pytest.approx(report.vra, abs=1e-9)
+    for key in ("certified_accuracy_png", "radius_histogram_png"):
+        data = open(report.files[key], "rb").read()
+        assert data.startswith(PNG_MAGIC) and len(data) > 2000
+    saved = json.load(open(report.files["json"]))
+    assert saved["vra"] == report.vra
+    assert "VRA (sound bound)" in report.table()
