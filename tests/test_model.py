@@ -199,3 +199,34 @@ def test_save_load_round_trip_and_continue_training(tmp_path):
     np.testing.assert_array_equal(loaded.certify(x, bound="current"), model.certify(x, bound="current"))
     loaded.fit(x, y, epochs=1, batch_size=16, verbose=0)  # optimizer state and loss restored
     assert int(ops.convert_to_numpy(loaded.optimizer.iterations)) == 4
+
+
+def test_original_gloro_readme_example_ports_by_changing_imports():
+    # Original: from gloro import GloroNet; keras Input/Activation; gloro-era names throughout.
+    from keras.layers import Activation, Input
+    from gloro_keras import GloroNet
+    from gloro_keras.layers import Dense
+    from gloro_keras.losses import Crossentropy, Trades
+    from gloro_keras.metrics import clean_acc, vra
+
+    x = Input((5,))
+    z = Dense(6)(x)
+    z = Activation("relu")(z)
+    z = Dense(7)(z)
+    z = Activation("relu")(z)
+    y = Dense(3)(z)
+    gloronet = GloroNet(x, y, epsilon=0.5)
+    gloronet = GloroNet(model=keras.Model(x, y), epsilon=0.5)
+    X = np.random.rand(32, 5).astype("float32")
+    Y = np.random.randint(0, 3, 32)
+    gloronet.compile(optimizer="adam", loss=Crossentropy(), metrics=[clean_acc, vra])
+    logs = gloronet.fit(X, Y, epochs=1, batch_size=16, verbose=0).history
+    assert {"clean_acc", "vra", "loss"} <= set(logs)
+    gloronet.compile(optimizer="adam", loss=Trades(2.0), metrics=["clean_acc", "vra"])
+    gloronet.fit(X, Y, epochs=1, batch_size=16, verbose=0)
+    gloronet.refresh_iterates()
+    k = gloronet.lipschitz_constant(bound="power")
+    assert k.shape == (3, 3) and np.all(np.diag(k) == -1) and np.all(k[~np.eye(3, dtype=bool)] > 0)
+    assert gloronet.predict_clean(X).shape == (32, 3) and gloronet.f is gloronet.network
+    gloronet.freeze_lipschitz_constant("power")
+    assert gloronet.predict(X, verbose=0).shape == (32, 4)

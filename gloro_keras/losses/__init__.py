@@ -8,6 +8,10 @@ from gloro_keras.losses.gloro_crossentropy import GloroCrossentropy, gloro_cross
 from gloro_keras.losses.gloro_loss import GloroLoss
 from gloro_keras.losses.trades import TRADES, trades_loss
 
+# Original gloro class names.
+Crossentropy = GloroCrossentropy
+Trades = TRADES
+
 _TRADES_NAME = re.compile(r"^(sparse_)?trades(_kl)?([._:](?P<lam>[0-9.eE+-]+))?$")
 
 
@@ -30,10 +34,12 @@ def get(identifier):
 
 
 __all__ = [
+    "Crossentropy",
     "EMMA",
     "GloroCrossentropy",
     "GloroLoss",
     "TRADES",
+    "Trades",
     "emma_loss",
     "get",
     "gloro_crossentropy_loss",

@@ -5,9 +5,11 @@ from gloro_keras.metrics.gloro_metrics import (
     CleanAccuracy,
     RejectionRate,
     VerifiedRobustAccuracy,
+    clean_acc,
     clean_accuracy,
     rejection_rate,
     verified_robust_accuracy,
+    vra,
 )
 
 _BY_NAME = {
@@ -30,8 +32,10 @@ __all__ = [
     "CleanAccuracy",
     "RejectionRate",
     "VerifiedRobustAccuracy",
+    "clean_acc",
     "clean_accuracy",
     "get",
     "rejection_rate",
     "verified_robust_accuracy",
+    "vra",
 ]

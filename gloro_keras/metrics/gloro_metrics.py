@@ -28,6 +28,17 @@ def rejection_rate(y_true, y_pred):
     return ops.cast(ops.equal(ops.argmax(y_pred, axis=-1), m), "float32")
 
 
+# Original gloro names (Keras names a metric function by its __name__).
+def clean_acc(y_true, y_pred):
+    """Clean accuracy (original gloro metric function)."""
+    return clean_accuracy(y_true, y_pred)
+
+
+def vra(y_true, y_pred):
+    """Verified-robust accuracy (original gloro metric function)."""
+    return verified_robust_accuracy(y_true, y_pred)
+
+
 class _GloroMetric(keras.metrics.MeanMetricWrapper):
     fn = None
     default_name = None

@@ -45,7 +45,7 @@ class GloroModel(keras.Model):
     Forms:
         GloroModel(network, epsilon=0.3)
         GloroModel(inputs=x, outputs=y, epsilon=0.3)   # original gloro style; also
-        GloroModel(x, y, epsilon=0.3)
+        GloroModel(x, y, epsilon=0.3), GloroModel(model=f, epsilon=0.3)
 
     During `fit` every bounded layer runs its power iterations (persistent iterates) and
     the bound is differentiated through; `compile(loss="emma" | "gloro_crossentropy" |
@@ -74,8 +74,13 @@ class GloroModel(keras.Model):
         outputs=None,
         bound_gradient="full",
         name=None,
+        model=None,
         **kwargs,
     ):
+        if model is not None:  # original gloro keyword
+            if network is not None:
+                raise ValueError("Pass `network` or `model`, not both.")
+            network = model
         args = list(args)
         if args and isinstance(args[0], keras.Model):
             network = args.pop(0)
@@ -311,6 +316,31 @@ class GloroModel(keras.Model):
         (0 where it is not robust; 0 for non-finite inputs)."""
         kmat = self.margin_bound_matrix(bound)
         return margins.certified_radius_np(self.predict_logits(x, batch_size), kmat)
+
+    # -- names of the original gloro API ----------------------------------------------
+    @property
+    def f(self):
+        """The underlying logits network (original gloro name)."""
+        return self.network
+
+    def lipschitz_constant(self, bound="sound"):
+        """Pairwise margin bounds K_ij with -1 on the diagonal (original gloro layout)."""
+        kmat = self.margin_bound_matrix(bound)
+        np.fill_diagonal(kmat, -1.0)
+        return kmat
+
+    def predict_clean(self, x, batch_size=256, verbose=0):
+        """The m clean logits (original gloro name of `predict_logits`)."""
+        return self.predict_logits(x, batch_size=batch_size, verbose=verbose)
+
+    def refresh_iterates(self, max_iterations=500, tolerance=1e-6):
+        """Converge the power iterates (original gloro name of `converge_bounds`)."""
+        return self.converge_bounds(max_iterations=max_iterations, tolerance=tolerance)
+
+    def freeze_lipschitz_constant(self, bound="sound"):
+        """Fix the bound used by inference until the next training step
+        (original gloro name; see `update_bound_cache`)."""
+        return self.update_bound_cache(bound)
 
     # -- serialization ---------------------------------------------------------------
     def get_config(self):
