@@ -279,9 +279,13 @@ class GloroModel(keras.Model):
             return k
         key = self._fingerprint()
         if key not in self._sound_cache:
-            k = self._plan.constant * (1.0 + margins.FLOAT64_SAFETY)
-            for layer in self._plan.bounded:
-                k *= float(layer.sound_lipschitz_bound())
+            # Many small LAPACK calls: one BLAS thread is much faster than an oversubscribed pool.
+            from threadpoolctl import threadpool_limits
+
+            with threadpool_limits(limits=1, user_api="blas"):
+                k = self._plan.constant * (1.0 + margins.FLOAT64_SAFETY)
+                for layer in self._plan.bounded:
+                    k *= float(layer.sound_lipschitz_bound())
             self._sound_cache = {key: k}
         return self._sound_cache[key]
 

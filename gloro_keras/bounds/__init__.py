@@ -1,0 +1,13 @@
+"""Provably sound spectral-norm upper bounds (pure numpy, float64)."""
+
+from gloro_keras.bounds.spectral import (
+    conv2d_operator_matrix,
+    conv2d_spectral_bound,
+    dense_spectral_bound,
+)
+
+__all__ = [
+    "conv2d_spectral_bound",
+    "dense_spectral_bound",
+    "conv2d_operator_matrix",
+]
