@@ -33,3 +33,12 @@ def test_pgd_finds_no_adversarial_example_on_certified_points(trained_mnist):
     # the same attack is not toothless: at 4ε it breaks many of these points
     strong = pgd_l2(model.network, xt[idx], yt[idx], epsilon=4 * EPS, steps=50, restarts=1, clip=None)
     assert np.mean(strong.success) > 0.2
+
+
+def test_sound_bound_is_tight_on_trained_kernels(trained_mnist):
+    model = trained_mnist[0]
+    for layer in model._plan.bounded:
+        estimate = layer.converge_iterate(max_iterations=3000, tolerance=1e-10)  # ≤ exact norm
+        sound = layer.sound_lipschitz_bound()  # ≥ exact norm
+        assert sound >= estimate * (1 - 1e-6), layer.name
+        assert sound <= estimate * 1.01, (layer.name, sound / estimate)
