@@ -6,7 +6,8 @@
     model.fit(x_train, y_train, epochs=..., batch_size=256)
     model.certify(x_test)           # class per input, or num_classes (⊥) if not certified
 """
-from gloro_keras import layers, losses, metrics
+from gloro_keras import evaluation, layers, losses, metrics, train
+from gloro_keras.evaluation import CertificationReport, certification_report
 from gloro_keras.models import (
     GloroConvNet,
     GloroLiResNet,
@@ -15,10 +16,34 @@ from gloro_keras.models import (
     GloroResNet,
     liresnet_network,
 )
+from gloro_keras.train import (
+    ConvergeBounds,
+    EpsilonSchedule,
+    EpsilonScheduler,
+    LearningRateLogger,
+    ThreateningClassTracker,
+    VRALogger,
+    WarmupCosine,
+)
+
+# Original gloro callback name.
+UpdatePowerIterates = ConvergeBounds
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "CertificationReport",
+    "ConvergeBounds",
+    "EpsilonSchedule",
+    "EpsilonScheduler",
+    "LearningRateLogger",
+    "ThreateningClassTracker",
+    "UpdatePowerIterates",
+    "VRALogger",
+    "WarmupCosine",
+    "certification_report",
+    "evaluation",
+    "train",
     "GloroConvNet",
     "GloroLiResNet",
     "GloroModel",

@@ -160,10 +160,15 @@ def test_training_updates_iterates_and_invalidates_the_cache():
     before = ops.convert_to_numpy(stem.iterate).copy()
     x = np.random.rand(16, 8, 8, 1).astype("float32")
     y = np.random.randint(0, 4, 16)
-    hist = model.fit(x, y, epochs=1, batch_size=8, verbose=0)
+    hist = model.fit(x, y, epochs=1, batch_size=8, verbose=0, converge_bounds=False)
     assert set(hist.history) >= {"loss", "clean_acc", "vra", "rejection_rate"}
     assert not np.allclose(ops.convert_to_numpy(stem.iterate), before)
     assert float(ops.convert_to_numpy(model._bound_cache_valid)) == 0.0
+    # by default fit ends by caching the sound bound (rounded up to float32) for inference
+    model.fit(x, y, epochs=1, batch_size=8, verbose=0)
+    assert float(ops.convert_to_numpy(model._bound_cache_valid)) == 1.0
+    cached = float(ops.convert_to_numpy(model._bound_cache))
+    assert model.lipschitz_bound("sound") <= cached <= model.lipschitz_bound("sound") * (1 + 1e-6)
 
 
 def test_paper_scale_model_builds():

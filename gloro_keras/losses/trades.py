@@ -21,6 +21,10 @@ class TRADES(GloroLoss):
     """TRADES for GloRo nets: clean cross-entropy plus λ times the KL divergence from the
     clean prediction to the prediction with ⊥.
 
+    Since log p_i − log q_i = LSE(y_1..y_m, y_⊥) − LSE(y_1..y_m) for every class, the KL
+    term is that log-sum-exp gap and TRADES(λ) = (1−λ)·CE(clean) + λ·GloroCrossentropy:
+    at λ = 1 it is exactly GloRo cross-entropy (true of the original gloro's form too).
+
     Args:
         lam: λ, weight of the KL term (default 1).
     """

@@ -235,11 +235,23 @@ class GloroModel(keras.Model):
                     f"Labels must be integers in [0, {self.num_classes}); got values in [{lo}, {hi}]."
                 )
 
-    def fit(self, x=None, y=None, *args, **kwargs):
+    def fit(self, x=None, y=None, *args, converge_bounds=True, **kwargs):
+        """`keras.Model.fit`. With `converge_bounds=True` (default) a
+        `gloro_keras.train.ConvergeBounds()` callback is added unless one is given: the
+        iterates are converged and the sound bound cached before every evaluation and at
+        the end of training, so validation metrics and later `evaluate`/`predict` calls
+        certify with it (as the original gloro's `UpdatePowerIterates`)."""
         self._check_labels(y)
         vd = kwargs.get("validation_data")
         if isinstance(vd, (tuple, list)) and len(vd) >= 2:
             self._check_labels(vd[1])
+        if converge_bounds and len(args) < 4:  # callbacks not given positionally
+            from gloro_keras.train.callbacks import ConvergeBounds
+
+            callbacks = list(kwargs.get("callbacks") or [])
+            if not any(isinstance(c, ConvergeBounds) for c in callbacks):
+                callbacks.append(ConvergeBounds())
+            kwargs["callbacks"] = callbacks
         return super().fit(x, y, *args, **kwargs)
 
     def evaluate(self, x=None, y=None, *args, **kwargs):

@@ -1,0 +1,306 @@
+"""Keras callbacks for GloRo training (plain Python / keras.ops: TensorFlow and JAX).
+
+Typical use (what `gloro-train` does)::
+
+    callbacks = [
+        EpsilonScheduler(epsilon=36 / 255, schedule="paper"),   # ε_train per batch
+        ConvergeBounds(bound="sound"),        # converged bound before every evaluation
+        VRALogger(),                          # bound, ε_train, ε into `logs`
+        keras.callbacks.CSVLogger("metrics.csv"),
+        keras.callbacks.BackupAndRestore("backup"),            # resume a killed run
+    ]
+    model.fit(train, validation_data=test, epochs=800, callbacks=callbacks)
+
+Put `VRALogger`/`ConvergeBounds`/`ThreateningClassTracker` *before* `CSVLogger` and
+`TensorBoard`: Keras passes one `logs` dict through the callbacks in order, so the values
+they add are then recorded.
+"""
+from __future__ import annotations
+
+import warnings
+
+import keras
+import numpy as np
+
+from gloro_keras.train.schedules import EpsilonSchedule
+
+__all__ = [
+    "ConvergeBounds",
+    "EpsilonScheduler",
+    "LearningRateLogger",
+    "ThreateningClassTracker",
+    "VRALogger",
+    "threatening_classes",
+]
+
+
+class EpsilonScheduler(keras.callbacks.Callback):
+    """Move the model's training radius `epsilon_train` along a schedule, per batch.
+
+    With t = epoch + batch/steps_per_epoch and T = `total_epochs`, sets
+    `model.epsilon_train = schedule(t / T) · epsilon` before every training batch. The
+    default "paper" schedule is `(min(2t/T, 1)·1.4 + 0.1)·ε` (0.1ε → 1.5ε at T/2, then
+    flat). `model.epsilon` (the evaluation/certification radius) is never touched, so
+    validation during `fit` is always at the test radius.
+
+    Args:
+        epsilon: the test radius ε the schedule multiplies; default: `model.epsilon` when
+            training starts.
+        total_epochs: T; default: the `epochs` given to `fit`.
+        schedule: "paper", "constant", "linear", "log", a keypoint string such as
+            "[0.01]-log-[50%:1.1]", a number, or a callable progress -> multiple (see
+            `gloro_keras.train.schedules`).
+        steps_per_epoch: batches per epoch; default: the one Keras knows (`params["steps"]`),
+            else counted during the first epoch (per-epoch updates until then).
+    """
+
+    def __init__(self, epsilon=None, total_epochs=None, schedule="paper", steps_per_epoch=None):
+        super().__init__()
+        self.epsilon = None if epsilon is None else float(epsilon)
+        self.total_epochs = total_epochs
+        self.schedule = schedule if isinstance(schedule, EpsilonSchedule) else EpsilonSchedule(schedule)
+        self.steps_per_epoch = steps_per_epoch
+        self._epoch = 0
+        self._seen = 0
+        self.current = None
+
+    def value(self, t):
+        """ε_train at fractional epoch t."""
+        total = self._total()
+        return self.schedule(t / total) * self._eps()
+
+    def _eps(self):
+        return self.model.epsilon if self.epsilon is None else self.epsilon
+
+    def _total(self):
+        total = self.total_epochs or (self.params or {}).get("epochs")
+        if not total:
+            raise ValueError("EpsilonScheduler needs total_epochs (or fit(epochs=...)).")
+        return float(total)
+
+    def _steps(self):
+        return self.steps_per_epoch or (self.params or {}).get("steps")
+
+    def _set(self, t):
+        value = self.value(t)
+        if value == self.current:
+            return
+        self.current = value
+        sync = getattr(self.model, "jax_state_sync", None)
+        if sync is not None:
+            # JAX trainer: the step state lives outside the variables during an epoch;
+            # write it back so the assignment is seen by the next step.
+            sync()
+        self.model.epsilon_train = value
+
+    def on_train_begin(self, logs=None):
+        if self.epsilon is None:
+            self.epsilon = self.model.epsilon
+        self.current = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+        self._seen = 0
+        self._set(epoch)
+
+    def on_train_batch_begin(self, batch, logs=None):
+        steps = self._steps()
+        if steps:
+            self._set(self._epoch + min(batch, steps) / steps)
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._seen = batch + 1  # batches finished this epoch (steps_per_execution: the last one)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if not self._steps() and self._seen:
+            self.steps_per_epoch = self._seen
+        if logs is not None:
+            logs["epsilon_train"] = float(self.current)
+
+
+def _bounds_available():
+    try:
+        import gloro_keras.bounds  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class ConvergeBounds(keras.callbacks.Callback):
+    """Converge the Lipschitz bound before every evaluation and at the end of training.
+
+    `on_test_begin` (validation inside `fit`, or `evaluate`) and `on_train_end` run
+    `model.converge_bounds(max_iterations, tolerance)` (500 power iterations by default)
+    and `model.update_bound_cache(bound)`, so the evaluated VRA uses one converged bound
+    for the whole test set. `bound="sound"` (default) caches the provable upper bound;
+    if it is unavailable it falls back to "power" with a warning. The last bound is
+    added to `logs["lipschitz_bound"]` at the end of each epoch.
+    """
+
+    def __init__(self, bound="sound", max_iterations=500, tolerance=1e-6, at_train_end=True):
+        super().__init__()
+        if bound not in ("sound", "power"):
+            raise ValueError(f"bound must be 'sound' or 'power'; got {bound!r}")
+        self.bound = bound
+        self.max_iterations = max_iterations
+        self.tolerance = tolerance
+        self.at_train_end = at_train_end
+        self.last_bound = None
+        self.last_bound_kind = None
+        self._fresh = False
+        self._stale = True
+        self._in_fit = False
+
+    def _cache_is_current(self):
+        if self._stale or self.last_bound is None:
+            return False
+        valid = getattr(self.model, "_bound_cache_valid", None)
+        return valid is not None and float(keras.ops.convert_to_numpy(valid)) > 0.5
+
+    def converge(self, force=False):
+        """Converge and cache (skipped if nothing trained since the last time); returns K."""
+        if not force and self._cache_is_current():
+            self._fresh = True
+            return self.last_bound
+        model = self.model
+        model.converge_bounds(max_iterations=self.max_iterations, tolerance=self.tolerance)
+        kind = self.bound
+        if kind == "sound" and not _bounds_available():
+            warnings.warn("gloro_keras.bounds is unavailable: caching the converged power bound instead.")
+            kind = "power"
+        try:
+            k = model.update_bound_cache(kind)
+        except (ImportError, NotImplementedError) as e:
+            if kind != "sound":
+                raise
+            warnings.warn(f"sound bound unavailable ({e}); caching the converged power bound instead.")
+            kind = "power"
+            k = model.update_bound_cache(kind)
+        self.last_bound, self.last_bound_kind = float(k), kind
+        self._fresh = True
+        self._stale = False
+        return k
+
+    def on_train_begin(self, logs=None):
+        self._stale = True
+        self._in_fit = True
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._stale = True
+
+    def on_test_begin(self, logs=None):
+        # Inside fit, "nothing trained since" is tracked reliably; a stand-alone evaluate
+        # always converges (the weights may have been changed or loaded meanwhile).
+        self.converge(force=not self._in_fit)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._fresh = False
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None and self._fresh and self.last_bound is not None:
+            logs["lipschitz_bound"] = self.last_bound
+
+    def on_train_end(self, logs=None):
+        self._in_fit = False
+        if self.at_train_end:
+            self.converge()
+
+
+class VRALogger(keras.callbacks.Callback):
+    """Add the GloRo quantities to the per-epoch `logs` (so CSVLogger/TensorBoard record them).
+
+    Keras already puts the compiled metrics there: `clean_acc`, `vra`, `rejection_rate`
+    for training (computed at ε_train with the per-step training bound) and `val_*` for
+    the test set (at ε, with the bound `ConvergeBounds` cached). This adds
+    `epsilon` (test radius), `epsilon_train` (current training radius) and, when no
+    `ConvergeBounds` provided one this epoch, `lipschitz_bound` from the stored
+    iterates. `history` keeps a copy of every epoch's logs; `print_summary=True` prints a
+    one-line summary per epoch.
+    """
+
+    def __init__(self, print_summary=False):
+        super().__init__()
+        self.print_summary = print_summary
+        self.history = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None:
+            return
+        model = self.model
+        logs["epsilon"] = float(model.epsilon)
+        logs["epsilon_train"] = float(model.epsilon_train)
+        if "lipschitz_bound" not in logs:
+            logs["lipschitz_bound"] = float(model.lipschitz_bound("current"))
+        self.history.append({"epoch": epoch, **{k: _to_float(v) for k, v in logs.items()}})
+        if self.print_summary:
+            parts = [f"epoch {epoch + 1}"]
+            for key in ("clean_acc", "vra", "val_clean_acc", "val_vra", "val_rejection_rate",
+                        "lipschitz_bound", "epsilon_train"):
+                if key in logs:
+                    parts.append(f"{key}={_to_float(logs[key]):.4g}")
+            print("  ".join(parts), flush=True)
+
+
+def _to_float(v):
+    try:
+        return float(np.asarray(v))
+    except (TypeError, ValueError):
+        return v
+
+
+def threatening_classes(logits):
+    """Index of the second-highest logit per row (the "threatening" class)."""
+    logits = np.asarray(logits)
+    return np.argsort(-logits, axis=-1, kind="stable")[:, 1]
+
+
+class ThreateningClassTracker(keras.callbacks.Callback):
+    """Figure 3 of the paper: how often the threatening class changes between epochs.
+
+    At the start of training and after every epoch, computes each example's threatening
+    class (second-highest clean logit) on a fixed sample `x_sample` of training inputs,
+    and logs `logs[name]` = the fraction whose threatening class differs from the
+    previous epoch (the first epoch compares with the network at the start of training).
+
+    Args:
+        x_sample: array of training inputs (e.g. 1 000 images; the same every epoch).
+        batch_size: prediction batch size.
+        name: the log key (default "threat_change").
+    """
+
+    def __init__(self, x_sample, batch_size=256, name="threat_change"):
+        super().__init__()
+        self.x_sample = x_sample
+        self.batch_size = batch_size
+        self.name = name
+        self.previous = None
+        self.history = []
+
+    def _classes(self):
+        return threatening_classes(self.model.predict_logits(self.x_sample, batch_size=self.batch_size))
+
+    def on_train_begin(self, logs=None):
+        self.previous = self._classes()
+
+    def on_epoch_end(self, epoch, logs=None):
+        current = self._classes()
+        frac = float(np.mean(current != self.previous)) if self.previous is not None else float("nan")
+        self.previous = current
+        self.history.append(frac)
+        if logs is not None:
+            logs[self.name] = frac
+
+
+class LearningRateLogger(keras.callbacks.Callback):
+    """Add the optimizer's current learning rate to the epoch logs as `lr`."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None:
+            return
+        opt = self.model.optimizer
+        schedule = getattr(opt, "_learning_rate", None)
+        if isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
+            lr = schedule(opt.iterations)
+        else:
+            lr = opt.learning_rate
+        logs["lr"] = float(keras.ops.convert_to_numpy(lr))
