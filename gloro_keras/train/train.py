@@ -60,6 +60,7 @@ DEFAULTS = dict(
     clip_norm=3.0,
     warmup_epochs=20.0,
     power_iterations=10,
+    bound_gradient="full",
     model_dir=None,
     strategy="default",
     seed=0,
@@ -114,6 +115,8 @@ def define_flags(fv=FLAGS):
                        lower_bound=0.0, **d)
     flags.DEFINE_integer("power_iterations", None, "Power iterations per training step. Default: 10.",
                          lower_bound=1, **d)
+    flags.DEFINE_enum("bound_gradient", None, ("full", "last"), "Back-propagate through every power "
+                      "iteration of a step (full) or only the final ||A u|| (last). Default: full.", **d)
     flags.DEFINE_string("model_dir", None, "Output folder. Default: runs/<preset or dataset>_<arch>_L<d>W<w>.", **d)
     flags.DEFINE_enum("strategy", None, STRATEGIES, "tf.distribute strategy: default | mirrored (all local "
                       "devices) | multi_worker (MultiWorkerMirroredStrategy, from TF_CONFIG).", **d)
@@ -201,7 +204,7 @@ def build_model(cfg, num_classes, input_shape):
     return gk.GloroLiResNet(
         L=cfg["depth"], W=cfg["width"], num_classes=num_classes, input_shape=tuple(input_shape),
         epsilon=cfg["epsilon"], dense_width=cfg["dense_width"], power_iterations=cfg["power_iterations"],
-        block=cfg["arch"],
+        bound_gradient=cfg["bound_gradient"], block=cfg["arch"],
     )
 
 
