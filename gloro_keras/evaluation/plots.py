@@ -31,7 +31,7 @@ def plot_certified_accuracy(radii, correct, path, epsilon=None, title=None):
         at = 100 * certified_accuracy_curve(radii, correct, [epsilon])[0]
         ax.axvline(epsilon, color="grey", ls="--", lw=1)
         ax.plot([epsilon], [at], "o", color="C3")
-        ax.annotate(f"VRA {at:.1f}% at ε={epsilon:.4g}", (epsilon, at), xytext=(6, 6), textcoords="offset points")
+        ax.annotate(f"VRA {at:.2f}% at ε={epsilon:.4g}", (epsilon, at), xytext=(6, 6), textcoords="offset points")
     ax.set_xlabel("ℓ2 radius ε")
     ax.set_ylabel("certified accuracy (%)")
     ax.set_ylim(0, 100)
