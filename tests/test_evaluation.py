@@ -1,7 +1,6 @@
 """Certification report on a model trained on real MNIST: attacks, lower bound, plots."""
 import json
 
-import numpy as np
 import pytest
 
 from gloro_keras.evaluation import certification_report

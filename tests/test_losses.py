@@ -1,5 +1,4 @@
 """EMMA, GloRo cross-entropy and TRADES against hand-computed values."""
-import keras
 import numpy as np
 import pytest
 from keras import ops

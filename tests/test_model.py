@@ -1,5 +1,4 @@
 """GloroModel: ⊥ logit, whole-model bounds vs gradients, API forms, errors, save/load."""
-import math
 
 import keras
 import numpy as np
@@ -8,8 +7,7 @@ from keras import ops
 
 import gloro_keras as gk
 from conftest import explicit_matrix, input_gradient, spectral_norm
-from gloro_keras.layers import LipschitzConv2D, LipschitzDense, LLNDense, MinMax
-from gloro_keras.models import margins
+from gloro_keras.layers import LLNDense, MinMax
 
 
 def tiny_liresnet(block="liresnet", classes=4, eps=0.1):

@@ -1,6 +1,4 @@
 """GloRo metrics: "clean_acc", "vra", "rejection_rate"."""
-import keras
-
 from gloro_keras.metrics.gloro_metrics import (
     CleanAccuracy,
     RejectionRate,

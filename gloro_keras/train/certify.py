@@ -324,15 +324,9 @@ def main(argv):
 
 def run(argv=None):
     """Console-script entry point (`gloro-certify`)."""
-    before = set(FLAGS)
-    define_flags(FLAGS)
-    program = (argv or sys.argv)[0]
-    for name in sorted(set(FLAGS) - before):  # list them under --helpshort
-        FLAGS.register_key_flag_for_module(program, FLAGS[name])
-    main_module = sys.modules.get("__main__")
-    if main_module is not None:
-        main_module.__doc__ = __doc__  # the usage text absl prints
-    app.run(main, argv=argv)
+    from gloro_keras.train._cli import run_absl
+
+    run_absl(main, define_flags, __doc__, argv)
 
 
 if __name__ == "__main__":
