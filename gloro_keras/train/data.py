@@ -885,6 +885,15 @@ def make_pipeline(
     def randoms():
         return tf.data.Dataset.random(seed=aug_seed, rerandomize_each_iteration=True)
 
+    def decoded_variable(stream):
+        """Crop/resize decoded variable-size images: random-resized + flip, or centre."""
+        if do_aug:
+            return tf.data.Dataset.zip((stream, randoms())).map(
+                lambda xy, r: _imagenet_train_from_image(xy[0], xy[1], r, policy),
+                num_parallel_calls=AUTOTUNE, deterministic=det)
+        return stream.map(lambda x, y: _imagenet_eval_from_image(x, y, policy),
+                          num_parallel_calls=AUTOTUNE, deterministic=det)
+
     def finish_batches(b: tf.data.Dataset) -> tf.data.Dataset:
         """uint8/float NHWC batches -> crop/flip (if any) -> float32 [0,1]."""
         if do_aug and policy.kind == "crop_flip":
@@ -939,13 +948,7 @@ def make_pipeline(
         to_bytes = (lambda p: tf.io.read_file(p)) if read is not None else (lambda b: b)
         if src.kind == "tfds" and not src.encoded:
             # decoded variable-size images from tfds (not produced by load, kept for safety)
-            if do_aug:
-                stream = tf.data.Dataset.zip((stream, randoms())).map(
-                    lambda xy, r: _imagenet_train_from_image(xy[0], xy[1], r, policy),
-                    num_parallel_calls=AUTOTUNE, deterministic=det)
-            else:
-                stream = stream.map(lambda x, y: _imagenet_eval_from_image(x, y, policy),
-                                    num_parallel_calls=AUTOTUNE, deterministic=det)
+            stream = decoded_variable(stream)
         elif do_aug:
             stream = tf.data.Dataset.zip((stream, randoms())).map(
                 lambda xy, r: _imagenet_train_from_encoded(to_bytes(xy[0]), xy[1], r, policy),
@@ -960,14 +963,7 @@ def make_pipeline(
     if training:
         ds = ds.shuffle(shuffle_buffer or _GENERIC_SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=True)
     if variable:
-        if do_aug:
-            ds = tf.data.Dataset.zip((ds, randoms())).map(
-                lambda xy, r: _imagenet_train_from_image(xy[0], xy[1], r, policy),
-                num_parallel_calls=AUTOTUNE, deterministic=det)
-        else:
-            ds = ds.map(lambda x, y: _imagenet_eval_from_image(x, y, policy),
-                        num_parallel_calls=AUTOTUNE, deterministic=det)
-        return ds.batch(batch_size, drop_remainder=drop).prefetch(AUTOTUNE)
+        return decoded_variable(ds).batch(batch_size, drop_remainder=drop).prefetch(AUTOTUNE)
     return finish_batches(ds.batch(batch_size, drop_remainder=drop)).prefetch(AUTOTUNE)
 
 
