@@ -189,6 +189,8 @@ def table2_section(ms):
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for arch in ("convnet", "liresnet"):
         ours = [_cell(ms.get(f"t2_{arch}_{loss}")) for loss in ("ce", "trades", "emma")]
+        if ms.get(f"t2_{arch}_trades") is None:  # TRADES at λ = 1 is the GloRo CE loss, term for term
+            ours[1] = "= CE (identical loss at λ = 1; not run)"
         pub = [_pub(PUBLISHED[("t2", arch, loss)]) for loss in ("ce", "trades", "emma")]
         lines.append(f"| {'ConvNet' if arch == 'convnet' else 'LiResNet'} | " + " | ".join(ours + pub) + " |")
     return lines + [""]

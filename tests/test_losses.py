@@ -61,6 +61,18 @@ def test_trades_matches_hand_computation(lam):
     np.testing.assert_allclose(ops.convert_to_numpy(trades_loss(LABELS, out.astype("float32"), lam)), expected, rtol=1e-5)
 
 
+def test_trades_with_unit_lambda_is_gloro_crossentropy():
+    """KL(p‖q) = LSE(m+1 outputs) − LSE(m logits), so CE + 1·KL = LSE(m+1) − y_t: the GloRo CE.
+    (Why the Table 2 reproduction's TRADES column at λ = 1 repeats its CE column.)"""
+    rng = np.random.default_rng(0)
+    out = rng.normal(scale=3.0, size=(64, 11)).astype("float32")
+    labels = rng.integers(0, 10, size=64)
+    np.testing.assert_allclose(ops.convert_to_numpy(trades_loss(labels, out, 1.0)),
+                               ops.convert_to_numpy(gloro_crossentropy_loss(labels, out)), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(ops.convert_to_numpy(trades_loss(labels, out, 2.0)),
+                           ops.convert_to_numpy(gloro_crossentropy_loss(labels, out)), rtol=1e-3)
+
+
 def test_loss_names_resolve_like_the_original_gloro():
     assert isinstance(gk.losses.get("emma"), EMMA)
     assert isinstance(gk.losses.get("sparse_crossentropy"), GloroCrossentropy)
