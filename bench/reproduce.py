@@ -94,7 +94,9 @@ def run(name):
     wall = time.time() - t0
     if proc.returncode:
         raise SystemExit(f"{name} failed (exit {proc.returncode}); see {model_dir / 'log.txt'}")
-    collect(name, dict(command=" ".join(cmd), wall_seconds=wall, load_start=load0, load_end=_loadavg()))
+    collect(name, dict(command=" ".join(cmd), wall_seconds=wall, load_start=load0, load_end=_loadavg(),
+                       cpus=sorted(os.sched_getaffinity(0)),
+                       tf_intra_op_threads=os.environ.get("TF_NUM_INTRAOP_THREADS", "default")))
 
 
 def collect(name, extra=None):
