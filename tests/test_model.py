@@ -90,6 +90,17 @@ def test_unsupported_layers_are_errors_naming_the_layer():
         gk.GloroModel(x, MinMax(name="last")(gk.layers.Dense(4)(x)), epsilon=0.1)
 
 
+def test_mixed_precision_is_a_clear_error():
+    """bfloat16 logits / iterates would make certificates unsound; say so instead of a dtype crash."""
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        with pytest.raises(ValueError, match="float32 only.*mixed_bfloat16"):
+            tiny_liresnet()
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert tiny_liresnet().compute_dtype == "float32"
+
+
 @pytest.mark.parametrize("bad", [-0.1, float("nan"), float("inf"), "abc"])
 def test_bad_epsilon_is_a_value_error(bad):
     with pytest.raises(ValueError, match="epsilon"):

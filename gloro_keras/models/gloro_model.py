@@ -14,6 +14,19 @@ BOUNDS = ("sound", "power", "current")
 _BIG = 1e30
 
 
+def _check_float32(model, network):
+    """Certificates assume float32 logits and bounds; refuse lower-precision policies."""
+    bad = [f"{layer.name} ({layer.dtype_policy.name})" for layer in [model, network, *network.layers]
+           if getattr(layer, "compute_dtype", "float32") != "float32"]
+    if bad:
+        raise ValueError(
+            "GloroModel computes in float32 only: lower-precision logits and power iterates would "
+            "make certificates unsound. These layers use another compute dtype: " + ", ".join(bad[:5])
+            + (" ..." if len(bad) > 5 else "")
+            + ". Build the network under keras.mixed_precision.set_global_policy('float32')."
+        )
+
+
 def _check_epsilon(value, name="epsilon"):
     try:
         value = float(value)
@@ -102,6 +115,7 @@ class GloroModel(keras.Model):
         if bound_gradient not in ("full", "last"):
             raise ValueError(f"bound_gradient must be 'full' or 'last'; got {bound_gradient!r}")
         super().__init__(name=name, **kwargs)
+        _check_float32(self, network)
         self.network = network
         self._plan = analyze(network)
         self.num_classes = self._plan.num_classes
