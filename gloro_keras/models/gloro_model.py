@@ -15,9 +15,9 @@ _BIG = 1e30
 
 
 def _check_float32(model, network):
-    """Certificates assume float32 logits and bounds; refuse lower-precision policies."""
+    """Certificates assume float32 logits and bounds; refuse 16-bit (mixed precision) policies."""
     bad = [f"{layer.name} ({layer.dtype_policy.name})" for layer in [model, network, *network.layers]
-           if getattr(layer, "compute_dtype", "float32") != "float32"]
+           if getattr(layer, "compute_dtype", None) in ("float16", "bfloat16")]
     if bad:
         raise ValueError(
             "GloroModel computes in float32 only: lower-precision logits and power iterates would "
