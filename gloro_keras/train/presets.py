@@ -26,11 +26,12 @@ Names (`list_presets()` gives them all):
 """
 from __future__ import annotations
 
-__all__ = ["PRESETS", "get_preset", "list_presets", "PRESET_TABLES"]
+__all__ = ["RECIPE", "PRESETS", "get_preset", "list_presets", "PRESET_TABLES"]
 
 EPS_CIFAR = 36 / 255
 
-_RECIPE = dict(
+# The paper's training recipe (appendix A); also gloro-train's defaults.
+RECIPE = dict(
     arch="liresnet",
     loss="emma",
     lr=1e-3,
@@ -41,8 +42,8 @@ _RECIPE = dict(
     augment=True,
 )
 
-_SMALL = dict(_RECIPE, epochs=800, batch_size=256, epsilon=EPS_CIFAR, dense_width=512)
-_IMAGENET = dict(_RECIPE, dataset="imagenet2012", epochs=400, batch_size=1024, epsilon=1.0,
+_SMALL = dict(RECIPE, epochs=800, batch_size=256, epsilon=EPS_CIFAR, dense_width=512)
+_IMAGENET = dict(RECIPE, dataset="imagenet2012", epochs=400, batch_size=1024, epsilon=1.0,
                  dense_width=2048, depth=18, width=588)
 
 SMALL_DATASETS = ("cifar10", "cifar100", "tiny_imagenet")
@@ -103,7 +104,7 @@ _add(
     "quickstart",
     "quickstart",
     **dict(
-        _RECIPE,
+        RECIPE,
         dataset="quickstart",
         depth=4,
         width=32,

@@ -43,9 +43,9 @@ _LOSS_RE = re.compile(r"^(emma|gloro_crossentropy|ce|trades([._:][0-9.eE+-]+)?)$
 
 # The paper's CIFAR-10 L6W128 recipe: what you get without --preset.
 DEFAULTS = dict(
+    presets_lib.RECIPE,
     dataset="cifar10",
     data_dir=None,
-    arch="liresnet",
     depth=6,
     width=128,
     dense_width=None,
@@ -53,12 +53,6 @@ DEFAULTS = dict(
     steps_per_epoch=None,
     batch_size=256,
     epsilon=36 / 255,
-    eps_schedule="paper",
-    loss="emma",
-    lr=1e-3,
-    weight_decay=1e-4,
-    clip_norm=3.0,
-    warmup_epochs=20.0,
     power_iterations=10,
     bound_gradient="full",
     model_dir=None,
@@ -66,7 +60,6 @@ DEFAULTS = dict(
     seed=0,
     subset_classes=None,
     subset_seed=2023,
-    augment=True,
     shuffle=True,
     eval_every=1,
     test_examples=0,
