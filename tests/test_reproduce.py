@@ -26,6 +26,13 @@ def test_each_run_resolves_to_its_table_cell(name):
     if name == "headline":
         assert (cfg["arch"], cfg["depth"], cfg["width"], cfg["epochs"], cfg["loss"]) == ("liresnet", 6, 64, 20, "emma")
         return
+    if name in reproduce.ABLATION:  # Table 2's LiResNet EMMA run with one setting changed
+        base = parse(reproduce.command("t2_liresnet_emma")[1:])
+        changed = {k for k in cfg if cfg[k] != base[k]} - {"model_dir", "explicit_flags"}
+        assert changed == set(reproduce.ABLATION[name]) and all(
+            cfg[k] == v for k, v in reproduce.ABLATION[name].items())
+        assert base["bound_gradient"] == "full" and base["seed"] == 0
+        return
     table, arch, rest = name.split("_")
     assert (cfg["arch"], cfg["width"], cfg["epochs"], cfg["dense_width"]) == (arch, 32, 10, 512)
     if table == "t2":
@@ -66,6 +73,11 @@ def test_report_renders_runs_beside_the_published_numbers(tmp_path, monkeypatch)
     assert (tmp_path / "headline_vra.png").stat().st_size > 10_000
     assert "| 20 | " in text and "K_sound / K_power = 1.00200" in text
     assert "| sound bound (certificate) | 5.01000 | 60.0 | 45.7 |" in text
-    # The L6 LiResNet cell of Table 3 is the Table 2 EMMA run; missing runs say so.
-    assert text.count("60.0 / **43.2**") == 2 and "not run" in text
+    # The L6 LiResNet cell of Table 3 and seed 0 of the ablation are the Table 2 EMMA run;
+    # missing runs say so.
+    assert text.count("60.0 / **43.2**") == 3 and "not run" in text
     assert "76.5 / 63.7" in text and "65.5 / 55.0" in text  # published Table 4 / 5 figures
+    # Ablation: seed 0 of "full" is the Table 2 run; the difference is shown once both arms ran.
+    _fake_run(tmp_path, "ab_last", 10, 0.4421)
+    reproduce.report()
+    assert "| 0 | 60.0 / **43.2** | 60.0 / **44.2** | +1.00 |" in doc.read_text()
