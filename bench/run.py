@@ -13,7 +13,6 @@ variants alternating round by round; the figure is the median of the per-round r
 """
 import argparse
 import json
-import math
 import os
 import subprocess
 import sys
@@ -156,8 +155,6 @@ def bench_training(L, W, x, y, args, log):
 
 def bench_certification(model, xte, args, log, power=True):
     """certify (sound bound pre-computed and cached) vs network.predict, side by side."""
-    import numpy as np
-
     from gloro_keras.models.gloro_model import GloroModel
 
     x = xte[: args.cert_images]
@@ -571,6 +568,21 @@ def summary_rows(results):
                     a, b = v[g]["images_per_s"] / ref, v[g]["images_per_s_fastest_run"] / ref
                     value_row(cfg, f"{g} images/s ÷ PyTorch ({ref:.0f} img/s)", a, U.fmt(b),
                               "speedup_vs_pytorch", b)
+            best = torch_best(results, cfg)
+            if best:
+                fmt, t = best
+                tg = t["gloro"]
+                for g in ("gloro_full", "gloro_last"):
+                    if g in v:
+                        value_row(cfg, f"{g} images/s ÷ PyTorch in this session (same net, {fmt}, "
+                                  f"{tg['images_per_s']:.0f} img/s)", v[g]["images_per_s"] / tg["images_per_s"],
+                                  U.fmt(v[g]["images_per_s_fastest_run"] / tg["images_per_s_fastest_run"]),
+                                  "speedup_vs_pytorch",
+                                  v[g]["images_per_s_fastest_run"] / tg["images_per_s_fastest_run"])
+                if "plain" in v:
+                    value_row(cfg, f"plain images/s ÷ PyTorch plain in this session ({fmt}, "
+                              f"{t['plain']['images_per_s']:.0f} img/s)",
+                              v["plain"]["images_per_s"] / t["plain"]["images_per_s"])
             if pipe and "gloro_full" in v:
                 a, b = pipe / v["gloro_full"]["images_per_s"], pipe / v["gloro_full"]["images_per_s_fastest_run"]
                 value_row(cfg, "input pipeline img/s ÷ GloRo (full) train img/s", a, U.fmt(b), "pipeline_ratio", b)
@@ -667,6 +679,22 @@ def write_report(results, name):
         lines += ["", "## Memory (one fresh process per row)", "",
                   U.md_table(["config", "variant", "RSS after import MB", "RSS after build MB",
                               "peak RSS (ru_maxrss) MB", "VmHWM MB", "RSS after each step MB"], mem)]
+    tr = results.get("torch_reference")
+    if tr and "configs" in tr:
+        rows = [[cfg, fmt, v, U.fmt(r[v]["images_per_s"]), U.fmt(r[v]["images_per_s_fastest_run"]),
+                 U.fmt(1e3 * r[v]["step_s_median"]), U.fmt(r[v]["first_step_s"]),
+                 U.fmt(r["gloro/plain"]) if v == "gloro" else ""]
+                for cfg, fmts in tr["configs"].items() for fmt, r in fmts.items() for v in ("plain", "gloro")]
+        lines += ["", f"## PyTorch reference in this session (torch {tr['torch']}, {tr['threads']} threads)", "",
+                  "`bench/torch_reference.py`: the same network and steps written in PyTorch from the paper "
+                  "(not the authors' code, which is not available offline); 'gloro' = EMMA + 10 power "
+                  "iterations with autograd through all of them, like `bound_gradient=full`. Run in a child "
+                  "process before TensorFlow is loaded, with alternating rounds like the rest.", "",
+                  U.md_table(["config", "memory format", "variant", "img/s (median)", "img/s (fastest)",
+                              "step ms (median)", "first step s", "GloRo ÷ plain (median of rounds)"],
+                             rows)]
+    elif tr:
+        lines += ["", "## PyTorch reference in this session", "", f"failed: `{tr.get('error', '')[-300:]}`"]
     if "pipeline" in results:
         p = results["pipeline"]
         lines += ["", "## Input pipeline", "",
@@ -694,6 +722,39 @@ def write_report(results, name):
     return jpath, mpath
 
 
+def torch_python(arg):
+    """Interpreter for bench/torch_reference.py: --torch-python, $TORCH_PYTHON, or this one if it has torch."""
+    import importlib.util
+
+    if arg == "none":
+        return None
+    if arg or os.environ.get("TORCH_PYTHON"):
+        return arg or os.environ["TORCH_PYTHON"]
+    return sys.executable if importlib.util.find_spec("torch") else None
+
+
+def bench_torch(python, configs, args, log):
+    """The same networks and steps in PyTorch (bench/torch_reference.py), in a child process."""
+    cmd = [python, str(Path(__file__).resolve().parent / "torch_reference.py"), "--configs", ",".join(configs),
+           "--repeats", str(args.repeats)]
+    p = subprocess.run(cmd, capture_output=True, text=True, cwd=str(REPO))
+    if p.returncode:
+        log(f"  PyTorch reference FAILED: {p.stderr[-300:]}")
+        return {"error": p.stderr[-1000:], "command": " ".join(cmd)}
+    for line in p.stderr.splitlines():
+        if line.startswith("L"):
+            log(f"  {line}")
+    return dict(json.loads(p.stdout), command=" ".join(cmd))
+
+
+def torch_best(results, cfg):
+    """(memory format, its result) of the fastest PyTorch GloRo step for cfg, or None."""
+    fmts = results.get("torch_reference", {}).get("configs", {}).get(cfg)
+    if not fmts:
+        return None
+    return max(fmts.items(), key=lambda kv: kv[1]["gloro"]["images_per_s"])
+
+
 # =======================================================================================
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -714,6 +775,9 @@ def main(argv=None):
     ap.add_argument("--no-power", action="store_true", help="skip the power-iteration convergence timing")
     ap.add_argument("--no-grouped", action="store_true", help="skip the grouped-conv prototype")
     ap.add_argument("--no-memory", action="store_true")
+    ap.add_argument("--torch-python", default=None,
+                    help="Python with torch for the in-session PyTorch reference (default: $TORCH_PYTHON, "
+                         "else this interpreter if it has torch; 'none' skips it)")
     ap.add_argument("--no-cert", action="store_true")
     ap.add_argument("--no-profile", action="store_true")
     ap.add_argument("--quick", action="store_true",
@@ -761,15 +825,21 @@ def main(argv=None):
             mark(f"{cfg} memory")
             log(f"{cfg}: memory (separate processes)")
             memory[cfg] = bench_memory(cfg, args, log)
+    tpy = torch_python(args.torch_python)
+    torch_ref = None
+    if tpy:
+        mark("PyTorch reference")
+        log(f"PyTorch reference ({tpy})")
+        torch_ref = bench_torch(tpy, configs, args, log)
     meta["parent_peak_rss_mb_before_tf"] = U.maxrss_mb()
     tf, keras = _tf()
     meta["environment"] = U.environment(tf, keras)
-    import numpy as np
-
     xtr, ytr, xte, src = load_arrays()
     meta["data"] = src
     x, y = tf.constant(xtr), tf.constant(ytr)
     results = {"meta": meta, "configs": {}}
+    if torch_ref is not None:
+        results["torch_reference"] = torch_ref
 
     for cfg in configs:
         L, W = parse_config(cfg)

@@ -1,0 +1,167 @@
+#!/usr/bin/env python
+"""In-session PyTorch reference for `bench/run.py`: the same networks and training steps in PyTorch.
+
+The issue's PyTorch anchors (images/s of the authors' code on "this machine") drift with the
+machine and its load, and the authors' code cannot be fetched here. This script is an
+independent PyTorch implementation of the same computation, written from the paper's
+description, so that both frameworks are timed in one session on one machine:
+
+* network: x − 0.5 → conv k5 s2 p2 (3 → W) → MinMax → L × (one 3×3 conv with the merged kernel
+  Δ + β·V/√L → MinMax) → conv k4 s4 (W → 2W) → MinMax → flatten → dense 512 → MinMax → LLN dense;
+* plain step: cross-entropy, AdamW(1e-3, weight decay 1e-4), global-norm clipping at 3;
+* GloRo step: the same plus, for each of the L + 3 linear layers, 10 power-iteration steps
+  `u ← AᵀAu/‖AᵀAu‖` on a persistent iterate (autograd through every step), K = Π‖A_l u_l‖,
+  LLN margin bounds K·‖ŵ_t − ŵ_i‖ and the EMMA loss CE(y_i + ε·K_ti, t).
+
+    python bench/torch_reference.py --configs L6W64,L6W128 --repeats 5      # prints JSON
+
+Run with an interpreter that has torch (`pip install torch`); `bench/run.py --torch-python PATH`
+calls it and puts the results beside its own.
+"""
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+
+def minmax(z):
+    a, b = z.chunk(2, dim=1)
+    return torch.cat([torch.maximum(a, b), torch.minimum(a, b)], dim=1)
+
+
+class LiResNet(torch.nn.Module):
+    def __init__(self, L, W, classes=10, dense=512, size=32, channels_last=False):
+        super().__init__()
+        self.fmt = torch.channels_last if channels_last else torch.contiguous_format
+        P = torch.nn.Parameter
+        self.L, self.W = L, W
+        self.stem_w, self.stem_b = P(torch.empty(W, 3, 5, 5)), P(torch.zeros(W))
+        torch.nn.init.orthogonal_(self.stem_w)
+        self.V = P(torch.randn(L, W, W, 3, 3) / (9 * W))
+        self.beta, self.bias = P(torch.ones(L, W)), P(torch.zeros(L, W))
+        self.neck_w, self.neck_b = P(torch.empty(2 * W, W, 4, 4)), P(torch.zeros(2 * W))
+        torch.nn.init.orthogonal_(self.neck_w)
+        s = size // 2
+        self.dense_w, self.dense_b = P(torch.empty(dense, 2 * W * (s // 4) ** 2)), P(torch.zeros(dense))
+        torch.nn.init.orthogonal_(self.dense_w)
+        self.head_w, self.head_b = P(torch.randn(classes, dense) / math.sqrt(dense)), P(torch.zeros(classes))
+        delta = torch.zeros(W, W, 3, 3)
+        delta[range(W), range(W), 1, 1] = 1.0
+        self.register_buffer("delta", delta)
+        # Persistent power-iteration iterates, shaped like each layer's input.
+        self.iterates = [torch.randn(1, 3, size, size)] + [torch.randn(1, W, s, s) for _ in range(L)] + \
+                        [torch.randn(1, W, s, s), torch.randn(1, self.dense_w.shape[1])]
+        if channels_last:
+            for p in (self.stem_w, self.neck_w):
+                p.data = p.data.contiguous(memory_format=self.fmt)
+            self.iterates = [u.contiguous(memory_format=self.fmt) if u.dim() == 4 else u for u in self.iterates]
+
+    def block_kernels(self):
+        ks = self.delta + self.V * (self.beta / math.sqrt(self.L))[:, :, None, None, None]
+        return [k.contiguous(memory_format=self.fmt) for k in ks]
+
+    def forward(self, x):
+        ks = self.block_kernels()
+        z = minmax(F.conv2d(x - 0.5, self.stem_w, self.stem_b, stride=2, padding=2))
+        for i in range(self.L):
+            z = minmax(F.conv2d(z, ks[i], self.bias[i], padding=1))
+        z = minmax(F.conv2d(z, self.neck_w, self.neck_b, stride=4))
+        z = minmax(F.linear(z.flatten(1), self.dense_w, self.dense_b))
+        return F.linear(z, self.head_w / self.head_w.norm(dim=1, keepdim=True), self.head_b)
+
+    def lipschitz_bound(self, iterations=10):
+        """K = Π_l ‖A_l u_l‖ after `iterations` power steps per layer, differentiable throughout."""
+        ks = self.block_kernels()
+        ops = [(lambda u: F.conv2d(u, self.stem_w, stride=2, padding=2),
+                lambda v: F.conv_transpose2d(v, self.stem_w, stride=2, padding=2, output_padding=1))]
+        ops += [(lambda u, k=k: F.conv2d(u, k, padding=1), lambda v, k=k: F.conv_transpose2d(v, k, padding=1))
+                for k in ks]
+        ops += [(lambda u: F.conv2d(u, self.neck_w, stride=4), lambda v: F.conv_transpose2d(v, self.neck_w, stride=4)),
+                (lambda u: F.linear(u, self.dense_w), lambda v: v @ self.dense_w)]
+        K = 1.0
+        for j, (fwd, adj) in enumerate(ops):
+            u = self.iterates[j]
+            u = u / u.norm()
+            for _ in range(iterations):
+                w = adj(fwd(u))
+                u = w / w.norm()
+            self.iterates[j] = u.detach()
+            K = K * fwd(u).norm()
+        return K
+
+
+def emma_loss(model, x, y, epsilon):
+    logits = model(x)
+    K = model.lipschitz_bound()
+    w = model.head_w / model.head_w.norm(dim=1, keepdim=True)
+    kij = K * torch.cdist(w, w)                        # K·‖ŵ_i − ŵ_j‖ (0 on the diagonal)
+    return F.cross_entropy(logits + epsilon * kij[y], y)
+
+
+def make_step(model, variant, epsilon=36 / 255):
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4)
+
+    def step(x, y):
+        opt.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(model(x), y) if variant == "plain" else emma_loss(model, x, y, epsilon)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 3.0)
+        opt.step()
+        return loss.item()
+
+    return step
+
+
+def bench_config(L, W, fmt, repeats, batch=256, seed=0):
+    torch.manual_seed(seed)
+    x = torch.rand(batch, 3, 32, 32)
+    y = torch.randint(0, 10, (batch,))
+    if fmt == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    steps, first = {}, {}
+    for variant in ("plain", "gloro"):
+        model = LiResNet(L, W, channels_last=fmt == "channels_last")
+        steps[variant] = make_step(model, variant)
+        t0 = time.perf_counter()
+        steps[variant](x, y)
+        first[variant] = time.perf_counter() - t0
+        steps[variant](x, y)
+    times = {v: [] for v in steps}
+    for r in range(repeats):
+        for v in (list(steps) if r % 2 == 0 else list(steps)[::-1]):
+            t0 = time.perf_counter()
+            steps[v](x, y)
+            times[v].append(time.perf_counter() - t0)
+    out = {v: dict(step_s=t, step_s_median=statistics.median(t), images_per_s=batch / statistics.median(t),
+                   images_per_s_fastest_run=batch / min(t), first_step_s=first[v]) for v, t in times.items()}
+    out["gloro/plain"] = statistics.median(g / p for g, p in zip(times["gloro"], times["plain"]))
+    return out
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--configs", default="L6W64,L6W128,L12W128")
+    ap.add_argument("--formats", default="nchw,channels_last", help="memory formats to time")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    res = {"torch": torch.__version__, "threads": torch.get_num_threads(), "configs": {}}
+    for cfg in args.configs.split(","):
+        L, W = (int(v) for v in cfg.upper().lstrip("L").split("W"))
+        res["configs"][cfg] = {fmt: bench_config(L, W, fmt, args.repeats) for fmt in args.formats.split(",")}
+        print(f"{cfg}: " + ", ".join(f"{fmt} plain {r['plain']['images_per_s']:.0f} / GloRo "
+                                     f"{r['gloro']['images_per_s']:.0f} img/s"
+                                     for fmt, r in res["configs"][cfg].items()), file=sys.stderr, flush=True)
+    json.dump(res, sys.stdout, indent=1)
+    print()
+
+
+if __name__ == "__main__":
+    main()
