@@ -130,43 +130,53 @@ def test_dense_power_iteration_matches_exact_norm():
     np.testing.assert_allclose(exact, np.linalg.norm(ops.convert_to_numpy(layer.kernel), 2), rtol=1e-6)
 
 
+def _bound_with_gradient(layer, gradient):
+    """(σ, ∂σ/∂kernel, iterate used) of one training call of `layer.lipschitz_bound`."""
+    if keras.backend.backend() == "jax":
+        import jax
+
+        def f(kernel):
+            with keras.StatelessScope(state_mapping=[(layer.kernel, kernel)]) as scope:
+                sigma = layer.lipschitz_bound(training=True, gradient=gradient)
+            return sigma, scope.get_current_value(layer.iterate)
+
+        (sigma, u), grad = jax.value_and_grad(f, has_aux=True)(layer.kernel.value)
+        return float(sigma), np.asarray(grad), np.asarray(u)
+    import tensorflow as tf
+
+    with tf.GradientTape() as tape:
+        sigma = layer.lipschitz_bound(training=True, gradient=gradient)
+    grad = tape.gradient(sigma, layer.kernel)
+    return float(sigma), grad.numpy(), ops.convert_to_numpy(layer.iterate)
+
+
+def _dense_for_gradients(power_iterations):
+    layer = build(LipschitzDense(5, power_iterations=power_iterations), (8,))
+    layer.kernel.assign(np.random.default_rng(0).normal(size=(8, 5)).astype("float32"))
+    return layer
+
+
 @pytest.mark.parametrize("gradient", ["full", "last"])
 def test_bound_gradient_at_a_converged_iterate_is_the_top_singular_pair(gradient):
     """d‖W‖₂/dW = u₁v₁ᵀ. From a converged iterate both modes return it: `last` is the
     spectral-normalization gradient; in `full` the terms through the iterations vanish at the
     fixed point (∂σ/∂u is radial, the normalized iterate only moves tangentially)."""
-    if keras.backend.backend() != "tensorflow":
-        pytest.skip("the gradient is taken with tf.GradientTape")
-    import tensorflow as tf
-
-    layer = build(LipschitzDense(5, power_iterations=10), (8,))
-    layer.kernel.assign(np.random.default_rng(0).normal(size=(8, 5)).astype("float32"))
+    layer = _dense_for_gradients(power_iterations=10)
     layer.converge_iterate(max_iterations=5000, tolerance=1e-9, check_every=50)
     u, s, vt = np.linalg.svd(ops.convert_to_numpy(layer.kernel).astype("float64"))
-    with tf.GradientTape() as tape:
-        sigma = layer.lipschitz_bound(training=True, gradient=gradient)
-    grad = tape.gradient(sigma, layer.kernel).numpy()
-    assert float(sigma) == pytest.approx(s[0], rel=1e-5)
+    sigma, grad, _ = _bound_with_gradient(layer, gradient)
+    assert sigma == pytest.approx(s[0], rel=1e-5)
     np.testing.assert_allclose(grad, np.outer(u[:, 0], vt[0]), atol=2e-4)
 
 
 def test_bound_gradient_modes_differ_away_from_convergence():
     """`last` holds the iterate constant; `full` differentiates through the iterations too."""
-    if keras.backend.backend() != "tensorflow":
-        pytest.skip("the gradient is taken with tf.GradientTape")
-    import tensorflow as tf
-
     grads = {}
     for gradient in ("full", "last"):
-        layer = build(LipschitzDense(5, power_iterations=2), (8,))
-        layer.kernel.assign(np.random.default_rng(0).normal(size=(8, 5)).astype("float32"))
+        layer = _dense_for_gradients(power_iterations=2)
         layer.iterate.assign(np.ones((1, 8), "float32"))
-        with tf.GradientTape() as tape:
-            sigma = layer.lipschitz_bound(training=True, gradient=gradient)
-        grads[gradient] = tape.gradient(sigma, layer.kernel).numpy()
-        # last: ∂‖u W‖/∂W with u fixed = uᵀ(uW)/‖uW‖ for the iterate u actually used
-        u_used = ops.convert_to_numpy(layer.iterate)
-        if gradient == "last":
+        _, grads[gradient], u_used = _bound_with_gradient(layer, gradient)
+        if gradient == "last":  # ∂‖u W‖/∂W with u fixed = uᵀ(uW)/‖uW‖ for the iterate u actually used
             v = u_used @ ops.convert_to_numpy(layer.kernel)
             np.testing.assert_allclose(grads["last"], u_used.T @ v / np.linalg.norm(v), rtol=1e-4, atol=1e-6)
     assert np.abs(grads["full"] - grads["last"]).max() > 1e-3
