@@ -90,11 +90,101 @@ def test_unsupported_layers_are_errors_naming_the_layer():
         gk.GloroModel(x, MinMax(name="last")(gk.layers.Dense(4)(x)), epsilon=0.1)
 
 
-def test_mixed_precision_is_a_clear_error():
-    """bfloat16 logits / iterates would make certificates unsound; say so instead of a dtype crash."""
+def _network_dtypes(model):
+    return {layer.dtype_policy.name for layer in [model.network, *model.network.layers]}
+
+
+def _bf16_twins():
+    """The same tiny LiResNet (same weights and iterates) with train_dtype bfloat16 and float32."""
+    mixed = gk.GloroLiResNet(L=2, W=8, num_classes=4, input_shape=(8, 8, 3), epsilon=0.1,
+                             dense_width=16, train_dtype="bfloat16")
+    full = gk.GloroLiResNet(L=2, W=8, num_classes=4, input_shape=(8, 8, 3), epsilon=0.1, dense_width=16)
+    full.set_weights(mixed.get_weights())
+    return mixed, full
+
+
+def test_bfloat16_training_calls_float32_everything_else():
+    """train_dtype='bfloat16': only training calls of the network run in bfloat16; the bound, ⊥
+    and every inference path are the float32 network's, so certificates are about it."""
+    mixed, full = _bf16_twins()
+    assert mixed.train_dtype == "bfloat16" and full.train_dtype == "float32"
+    assert _network_dtypes(mixed) == {"float32"} and mixed.compute_dtype == "float32"
+    x = np.random.default_rng(0).random((32, 8, 8, 3)).astype("float32")
+    out_m = ops.convert_to_numpy(mixed(x, training=True))
+    out_f = ops.convert_to_numpy(full(x, training=True))
+    assert out_m.dtype == np.float32
+    diff = np.abs(out_m[:, :4] - out_f[:, :4]).max()
+    assert 1e-5 < diff < 0.05 * np.abs(out_f[:, :4]).max()  # really bfloat16, and close
+    # The bound of the training call is float32 math on float32 weights: identical.
+    np.testing.assert_array_equal(ops.convert_to_numpy(mixed.body_bound()), ops.convert_to_numpy(full.body_bound()))
+    # Back at rest in float32: inference equals the float32 twin.
+    assert _network_dtypes(mixed) == {"float32"}
+    np.testing.assert_allclose(mixed.predict(x, verbose=0), full.predict(x, verbose=0), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(mixed.predict_logits(x), full.predict_logits(x), rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(mixed.certify(x), full.certify(x))
+    np.testing.assert_allclose(mixed.certified_radius(x), full.certified_radius(x), rtol=1e-6)
+
+
+def test_bfloat16_fit_traces_training_in_bfloat16_and_round_trips(tmp_path):
+    mixed, _ = _bf16_twins()
+    seen = []
+    orig = MinMax.call
+
+    def spy(self, z):
+        seen.append(str(z.dtype).split(".")[-1].replace("'>", "").replace("<dtype: '", ""))
+        return orig(self, z)
+
+    x = np.random.default_rng(1).random((64, 8, 8, 3)).astype("float32")
+    y = np.random.default_rng(2).integers(0, 4, 64)
+    mixed.compile(optimizer=keras.optimizers.Adam(1e-2), loss="emma", metrics=["vra"])
+    MinMax.call = spy
+    try:
+        hist = mixed.fit(x, y, epochs=3, batch_size=16, verbose=0)
+        traced_fit = set(seen)
+        seen.clear()
+        mixed.evaluate(x, y, verbose=0)
+        traced_eval = set(seen)
+    finally:
+        MinMax.call = orig
+    assert "bfloat16" in traced_fit and traced_eval == {"float32"}
+    assert np.isfinite(hist.history["loss"]).all() and hist.history["loss"][-1] < hist.history["loss"][0]
+    assert all(v.dtype == "float32" for v in mixed.weights)
+    assert _network_dtypes(mixed) == {"float32"}
+    path = str(tmp_path / "bf16.keras")
+    mixed.save(path)
+    loaded = keras.models.load_model(path)
+    assert loaded.train_dtype == "bfloat16" and _network_dtypes(loaded) == {"float32"}
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), mixed.predict(x, verbose=0), rtol=1e-6, atol=1e-6)
+
+
+def test_mixed_bfloat16_global_policy_means_bfloat16_training():
     keras.mixed_precision.set_global_policy("mixed_bfloat16")
     try:
-        with pytest.raises(ValueError, match="float32 only.*mixed_bfloat16"):
+        model = tiny_liresnet()
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert model.train_dtype == "bfloat16" and model.compute_dtype == "float32"
+    assert _network_dtypes(model) == {"float32"}
+    assert tiny_liresnet().train_dtype == "float32"
+
+
+@pytest.mark.parametrize("policy", ["bfloat16", "float16", "mixed_float16"])
+def test_16bit_variables_or_float16_training_are_clear_errors(policy):
+    """16-bit weights or iterates would make certificates unsound; float16 needs loss scaling."""
+    from gloro_keras.models.liresnet import liresnet_network
+
+    network = liresnet_network(L=1, W=4, num_classes=3, input_shape=(8, 8, 1), dense_width=8)
+    network.get_layer("head").dtype_policy = policy
+    with pytest.raises(ValueError, match=f"float32 networks, or mixed_bfloat16.*{policy}"):
+        gk.GloroModel(network, epsilon=0.1)
+    with pytest.raises(ValueError, match="train_dtype must be one of"):
+        gk.GloroLiResNet(L=1, W=4, num_classes=3, input_shape=(8, 8, 1), dense_width=8, train_dtype="float16")
+
+
+def test_mixed_float16_global_policy_is_a_clear_error():
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        with pytest.raises(ValueError, match="float32 networks, or mixed_bfloat16.*mixed_float16"):
             tiny_liresnet()
     finally:
         keras.mixed_precision.set_global_policy("float32")

@@ -38,6 +38,7 @@ def test_defaults_are_the_paper_recipe():
     assert (cfg["clip_norm"], cfg["warmup_epochs"], cfg["eps_schedule"], cfg["loss"]) == (3.0, 20, "paper", "emma")
     assert cfg["epsilon"] == pytest.approx(36 / 255)
     assert cfg["strategy"] == "default" and cfg["bound"] == "sound"
+    assert (cfg["bound_gradient"], cfg["train_dtype"]) == ("full", "float32")
 
 
 def test_explicit_flags_override_a_preset():
@@ -252,11 +253,14 @@ def test_train_and_certify_cifar10_npz(tmp_path):
     path = shared_data("cifar10-jpeg.npz")
     model_dir = tmp_path / "c10"
     r = run("gloro_keras.train", [f"--dataset={path}", f"--model_dir={model_dir}", "--arch=liresnet",
-                                  "--loss=trades", "--threat_examples=64", *TINY])
+                                  "--loss=trades", "--threat_examples=64", "--train_dtype=bfloat16", *TINY])
     assert r.returncode == 0, r.stderr[-3000:]
     metrics = _check_run_outputs(model_dir)
     assert len(metrics["history"]["threat_change"]) == 2
     cfg = json.loads((model_dir / "flags.json").read_text())
+    assert cfg["train_dtype"] == "bfloat16"
+    model = keras.saving.load_model(model_dir / "model.keras")
+    assert model.train_dtype == "bfloat16" and model.network.compute_dtype == "float32"
     assert cfg["num_classes"] == 10 and cfg["image_shape"] == [32, 32, 3] and cfg["train_size"] == 50000
     r = run("gloro_keras.train.certify", [f"--model={model_dir / 'model.keras'}", f"--dataset={path}",
                                           "--test_examples=200", "--output=-"])

@@ -1,4 +1,5 @@
 """GloRo network: m logits plus the ⊥ logit, certified at ℓ2 radius ε."""
+import contextlib
 import hashlib
 import math
 import threading
@@ -14,17 +15,35 @@ BOUNDS = ("sound", "power", "current")
 _BIG = 1e30
 
 
-def _check_float32(model, network):
-    """Certificates assume float32 logits and bounds; refuse 16-bit (mixed precision) policies."""
-    bad = [f"{layer.name} ({layer.dtype_policy.name})" for layer in [model, network, *network.layers]
-           if getattr(layer, "compute_dtype", None) in ("float16", "bfloat16")]
+TRAIN_DTYPES = ("float32", "bfloat16")
+_POLICY_LOCK = threading.Lock()
+
+
+def _network_layers(network):
+    return [network, *network._flatten_layers(include_self=False)]
+
+
+def _resolve_train_dtype(network, train_dtype):
+    """Check the network's dtype policies; infer the training compute dtype if not given.
+
+    float32 layers, or mixed_bfloat16 layers (float32 variables, bfloat16 compute: the Keras
+    global policy), are accepted. 16-bit variables ("bfloat16", "float16" policies) and
+    mixed_float16 (needs loss scaling) are refused.
+    """
+    policies = {layer.dtype_policy.name for layer in _network_layers(network)}
+    bad = sorted(policies - {"float32", "mixed_bfloat16"})
     if bad:
         raise ValueError(
-            "GloroModel computes in float32 only: lower-precision logits and power iterates would "
-            "make certificates unsound. These layers use another compute dtype: " + ", ".join(bad[:5])
-            + (" ..." if len(bad) > 5 else "")
-            + ". Build the network under keras.mixed_precision.set_global_policy('float32')."
+            f"GloroModel supports float32 networks, or mixed_bfloat16 training with float32 bounds "
+            f"and certification; the network uses the dtype policies {bad}. Build it under "
+            "keras.mixed_precision.set_global_policy('float32') (optionally with "
+            "train_dtype='bfloat16'), or under 'mixed_bfloat16'."
         )
+    if train_dtype is None:
+        return "bfloat16" if "mixed_bfloat16" in policies else "float32"
+    if train_dtype not in TRAIN_DTYPES:
+        raise ValueError(f"train_dtype must be one of {TRAIN_DTYPES}; got {train_dtype!r}")
+    return train_dtype
 
 
 def _check_epsilon(value, name="epsilon"):
@@ -76,6 +95,14 @@ class GloroModel(keras.Model):
         epsilon: certification radius (ℓ2, input units), >= 0.
         bound_gradient: "full" back-propagates through every power-iteration step of a
             training call; "last" only through the final ‖A u‖.
+        train_dtype: compute dtype of the network's forward and backward pass in training
+            calls: "float32", or "bfloat16" (mixed precision: float32 weights, bfloat16
+            activations; faster where bfloat16 matmuls are, e.g. CPUs with AVX512-BF16). Power
+            iteration, the bound, ⊥ and the loss stay float32, and the network is float32 at
+            rest, so every inference call (`predict`, `evaluate`, `certify`, `network(x)`)
+            computes in float32: certificates are about the float32 network. Default: inferred
+            from the network's dtype policy ("bfloat16" if it was built under the
+            `mixed_bfloat16` global policy).
     """
 
     def __init__(
@@ -86,6 +113,7 @@ class GloroModel(keras.Model):
         inputs=None,
         outputs=None,
         bound_gradient="full",
+        train_dtype=None,
         name=None,
         model=None,
         **kwargs,
@@ -114,9 +142,16 @@ class GloroModel(keras.Model):
         epsilon = _check_epsilon(epsilon)
         if bound_gradient not in ("full", "last"):
             raise ValueError(f"bound_gradient must be 'full' or 'last'; got {bound_gradient!r}")
-        super().__init__(name=name, **kwargs)
-        _check_float32(self, network)
+        dtype = kwargs.pop("dtype", None)
+        if dtype is not None and keras.dtype_policies.get(dtype).name != "float32":
+            raise ValueError(f"GloroModel computes its bound and ⊥ in float32; got dtype={dtype!r}. "
+                             "Use train_dtype='bfloat16' for mixed-precision training.")
+        super().__init__(name=name, dtype="float32", **kwargs)
+        self.train_dtype = _resolve_train_dtype(network, train_dtype)
+        self._train_policy = "mixed_bfloat16" if self.train_dtype == "bfloat16" else "float32"
+        self._policy_users = 0
         self.network = network
+        self._set_network_policy("float32")  # at rest (inference, certification): float32
         self._plan = analyze(network)
         self.num_classes = self._plan.num_classes
         self.bound_gradient = bound_gradient
@@ -157,6 +192,34 @@ class GloroModel(keras.Model):
     def epsilon_train(self, value):
         self._epsilon_train.assign(_check_epsilon(value, "epsilon_train"))
 
+    # -- precision -------------------------------------------------------------------
+    def _set_network_policy(self, policy):
+        for layer in _network_layers(self.network):
+            layer.dtype_policy = policy
+
+    @contextlib.contextmanager
+    def _network_precision(self, training):
+        """Trace the network in `train_dtype` for training calls; it is float32 otherwise.
+
+        Policies are read when a call is traced, so a compiled train function keeps
+        bfloat16 and every other function float32. Counted under a lock: MirroredStrategy
+        traces its replicas in parallel threads.
+        """
+        if not training or self._train_policy == "float32":
+            yield
+            return
+        with _POLICY_LOCK:
+            if self._policy_users == 0:
+                self._set_network_policy(self._train_policy)
+            self._policy_users += 1
+        try:
+            yield
+        finally:
+            with _POLICY_LOCK:
+                self._policy_users -= 1
+                if self._policy_users == 0:
+                    self._set_network_policy("float32")
+
     # -- forward ---------------------------------------------------------------------
     def body_bound(self, training=False):
         """K, the product of the body's layer bounds, as a scalar tensor.
@@ -180,7 +243,8 @@ class GloroModel(keras.Model):
         return self.body_bound(training) * margins.pairwise_distances(w)
 
     def call(self, inputs, training=False):
-        logits = ops.cast(self.network(inputs, training=training), "float32")
+        with self._network_precision(training):
+            logits = ops.cast(self.network(inputs, training=training), "float32")
         kmat = self.margin_bounds(training)
         self._stash.kmat = kmat
         eps = ops.convert_to_tensor(self._epsilon_train if training else self._epsilon)
@@ -380,6 +444,7 @@ class GloroModel(keras.Model):
             "network": keras.saving.serialize_keras_object(self.network),
             "epsilon": self.epsilon,
             "bound_gradient": self.bound_gradient,
+            "train_dtype": self.train_dtype,
         }
 
     @classmethod

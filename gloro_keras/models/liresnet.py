@@ -93,15 +93,20 @@ def GloroLiResNet(
     bound_gradient="full",
     name=None,
     block="liresnet",
+    train_dtype=None,
 ):
     """A GloRo LiResNet (Hu et al., 2023): `L` linear residual blocks of width `W`.
 
     Example:
     >>> model = GloroLiResNet(L=18, W=256, num_classes=10, input_shape=(32, 32, 3))
     >>> model.compile(optimizer="adamw", loss="emma", metrics=["clean_acc", "vra"])
+
+    `train_dtype="bfloat16"` trains in mixed precision; bounds and inference stay float32
+    (see `GloroModel`).
     """
     network = liresnet_network(L, W, num_classes, input_shape, block, dense_width, power_iterations)
-    return GloroModel(network, epsilon=epsilon, bound_gradient=bound_gradient, name=name or f"gloro_{network.name}")
+    return GloroModel(network, epsilon=epsilon, bound_gradient=bound_gradient, train_dtype=train_dtype,
+                      name=name or f"gloro_{network.name}")
 
 
 def GloroConvNet(L=6, W=128, num_classes=10, input_shape=(32, 32, 3), epsilon=36 / 255, **kwargs):

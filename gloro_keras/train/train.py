@@ -55,6 +55,7 @@ DEFAULTS = dict(
     epsilon=36 / 255,
     power_iterations=10,
     bound_gradient="full",
+    train_dtype="float32",
     model_dir=None,
     strategy="default",
     seed=0,
@@ -110,6 +111,9 @@ def define_flags(fv=FLAGS):
                          lower_bound=1, **d)
     flags.DEFINE_enum("bound_gradient", None, ("full", "last"), "Back-propagate through every power "
                       "iteration of a step (full) or only the final ||A u|| (last). Default: full.", **d)
+    flags.DEFINE_enum("train_dtype", None, ("float32", "bfloat16"), "Compute dtype of the training forward/"
+                      "backward pass (bfloat16 = mixed precision); bounds, evaluation and certification stay "
+                      "float32. Default: float32.", **d)
     flags.DEFINE_string("model_dir", None, "Output folder. Default: runs/<preset or dataset>_<arch>_L<d>W<w>.", **d)
     flags.DEFINE_enum("strategy", None, STRATEGIES, "tf.distribute strategy: default | mirrored (all local "
                       "devices) | multi_worker (MultiWorkerMirroredStrategy, from TF_CONFIG).", **d)
@@ -197,7 +201,7 @@ def build_model(cfg, num_classes, input_shape):
     return gk.GloroLiResNet(
         L=cfg["depth"], W=cfg["width"], num_classes=num_classes, input_shape=tuple(input_shape),
         epsilon=cfg["epsilon"], dense_width=cfg["dense_width"], power_iterations=cfg["power_iterations"],
-        bound_gradient=cfg["bound_gradient"], block=cfg["arch"],
+        bound_gradient=cfg["bound_gradient"], block=cfg["arch"], train_dtype=cfg["train_dtype"],
     )
 
 
