@@ -69,20 +69,29 @@ def make_optimizer():
 
 
 def build(variant, L, W):
-    """variant: plain | gloro_full | gloro_last, optionally suffixed _xla (jit_compile=True)."""
+    """variant: plain | gloro_full | gloro_last, optionally suffixed _bf16 (mixed bfloat16
+    training: the plain net under the mixed_bfloat16 policy, GloroLiResNet(train_dtype="bfloat16"))
+    and/or _xla (jit_compile=True)."""
     _, keras = _tf()
     from gloro_keras.models.liresnet import GloroLiResNet, liresnet_network
 
     xla = variant.endswith("_xla")
     base = variant[:-4] if xla else variant
+    bf16 = base.endswith("_bf16")
+    base = base[:-5] if bf16 else base
     if base == "plain":
-        m = liresnet_network(L, W, NUM_CLASSES, INPUT_SHAPE, power_iterations=POWER_ITERATIONS)
+        keras.mixed_precision.set_global_policy("mixed_bfloat16" if bf16 else "float32")
+        try:
+            m = liresnet_network(L, W, NUM_CLASSES, INPUT_SHAPE, power_iterations=POWER_ITERATIONS)
+        finally:
+            keras.mixed_precision.set_global_policy("float32")
         m.compile(optimizer=make_optimizer(),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   jit_compile=xla)
     else:
         m = GloroLiResNet(L, W, NUM_CLASSES, INPUT_SHAPE, epsilon=EPSILON,
-                          power_iterations=POWER_ITERATIONS, bound_gradient=base.split("_")[1])
+                          power_iterations=POWER_ITERATIONS, bound_gradient=base.split("_")[1],
+                          train_dtype="bfloat16" if bf16 else "float32")
         m.compile(optimizer=make_optimizer(), loss="emma", jit_compile=xla)
     return m
 
@@ -110,6 +119,8 @@ def load_arrays():
 def bench_training(L, W, x, y, args, log):
     """Train steps of all variants side by side. Returns (result dict, models)."""
     variants = ["plain", "gloro_full", "gloro_last"]
+    if not args.no_bf16:
+        variants += ["plain_bf16", "gloro_full_bf16"]
     if not args.no_xla and f"L{L}W{W}" in args.xla_configs.upper().split(","):
         variants += ["plain_xla", "gloro_full_xla"]
     models, first, errors = {}, {}, {}
@@ -143,6 +154,10 @@ def bench_training(L, W, x, y, args, log):
     for g in ("gloro_full", "gloro_last"):
         if g in times:
             r[f"{g}/plain"] = U.paired(times[g], times["plain"])
+    if "gloro_full_bf16" in times:
+        r["gloro_full_bf16/plain_bf16"] = U.paired(times["gloro_full_bf16"], times["plain_bf16"])
+        r["gloro_full_bf16/gloro_full"] = U.paired(times["gloro_full_bf16"], times["gloro_full"])
+        r["plain_bf16/plain"] = U.paired(times["plain_bf16"], times["plain"])
     if "plain_xla" in times:
         r["plain_xla/plain"] = U.paired(times["plain_xla"], times["plain"])
     if "gloro_full_xla" in times:
@@ -298,27 +313,42 @@ def memory_child(cfg, variant, steps):
     }))
 
 
+MEMORY_PAIRS = (("gloro_full", "plain"), ("gloro_last", "plain"), ("gloro_full_bf16", "plain_bf16"))
+
+
 def bench_memory(cfg, args, log):
+    """Peak RSS of each variant: the median over --mem-repeats fresh processes, run in
+    rotating order (the allocator makes single processes vary by up to ~10%)."""
+    variants = [v for v in args.mem_variants.split(",") if v]
+    runs = {v: [] for v in variants}
+    errors = {}
+    for r in range(args.mem_repeats):
+        for v in variants[r % len(variants):] + variants[:r % len(variants)]:
+            cmd = [sys.executable, str(Path(__file__).resolve()), "--_memory-child", cfg, v, str(args.mem_steps)]
+            p = subprocess.run(cmd, capture_output=True, text=True, cwd=str(REPO))
+            line = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
+            if p.returncode or not line:
+                errors[v] = (p.stderr or p.stdout)[-500:]
+                log(f"  memory {v}: FAILED")
+                continue
+            runs[v].append(json.loads(line[-1]))
+            log(f"  memory {v}: peak {runs[v][-1]['peak_rss_mb']:.0f} MB")
     res = {}
-    for v in args.mem_variants.split(","):
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--_memory-child", cfg, v, str(args.mem_steps)]
-        p = subprocess.run(cmd, capture_output=True, text=True, cwd=str(REPO))
-        line = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
-        if p.returncode or not line:
-            res[v] = {"error": (p.stderr or p.stdout)[-500:]}
-            log(f"  memory {v}: FAILED")
+    for v, rs in runs.items():
+        if not rs:
+            res[v] = {"error": errors.get(v, "no run")}
             continue
-        res[v] = json.loads(line[-1])
-        log(f"  memory {v}: peak {res[v]['peak_rss_mb']:.0f} MB")
-    out = {"variants": res, "ratios": {}}
-    if "peak_rss_mb" in res.get("plain", {}):
-        base = res["plain"]
-        for g in ("gloro_full", "gloro_last"):
-            if "peak_rss_mb" in res.get(g, {}):
-                out["ratios"][f"{g}/plain"] = res[g]["peak_rss_mb"] / base["peak_rss_mb"]
-                inc_g = res[g]["peak_rss_mb"] - res[g]["rss_after_import_mb"]
-                inc_p = base["peak_rss_mb"] - base["rss_after_import_mb"]
-                out["ratios"][f"{g}/plain (above import baseline)"] = inc_g / inc_p
+        peaks = [d["peak_rss_mb"] for d in rs]
+        # the run whose peak is the median (upper median for an even count) stands for the variant
+        res[v] = dict(sorted(rs, key=lambda d: d["peak_rss_mb"])[len(rs) // 2], peak_rss_mb_all=peaks,
+                      peak_rss_mb=U.med(peaks))
+    out = {"variants": res, "ratios": {}, "repeats": args.mem_repeats}
+    for g, b in MEMORY_PAIRS:
+        if "peak_rss_mb" in res.get(g, {}) and "peak_rss_mb" in res.get(b, {}):
+            out["ratios"][f"{g}/{b}"] = res[g]["peak_rss_mb"] / res[b]["peak_rss_mb"]
+            inc_g = res[g]["peak_rss_mb"] - res[g]["rss_after_import_mb"]
+            inc_b = res[b]["peak_rss_mb"] - res[b]["rss_after_import_mb"]
+            out["ratios"][f"{g}/{b} (above import baseline)"] = inc_g / inc_b
     return out
 
 
@@ -555,6 +585,10 @@ def summary_rows(results):
         for g in ("full", "last"):
             if f"gloro_{g}/plain" in rat:
                 ratio_row(cfg, f"train step GloRo ÷ plain, bound_gradient={g}", rat[f"gloro_{g}/plain"], "train_ratio")
+        if "gloro_full_bf16/plain_bf16" in rat:
+            ratio_row(cfg, "train step GloRo ÷ plain, both mixed bfloat16 (train_dtype=bfloat16, full)",
+                      rat["gloro_full_bf16/plain_bf16"], "train_ratio")
+            ratio_row(cfg, "GloRo (full) step, bfloat16 ÷ float32", rat["gloro_full_bf16/gloro_full"])
         if v:
             order = [k for k in ("plain", "gloro_full", "gloro_last") if k in v]
             rows.append([cfg, "train images/s (plain, GloRo full, GloRo last)",
@@ -562,8 +596,15 @@ def summary_rows(results):
                          ", ".join(U.fmt(v[k]["images_per_s_fastest_run"]) for k in order),
                          "CPU s/step " + ", ".join(U.fmt(v[k]["step_cpu_s_median"]) for k in order),
                          "", "", "", ""])
+            if "gloro_full_bf16" in v:
+                rows.append([cfg, "train images/s bfloat16 (plain, GloRo full)",
+                             ", ".join(U.fmt(v[k]["images_per_s"]) for k in ("plain_bf16", "gloro_full_bf16")),
+                             ", ".join(U.fmt(v[k]["images_per_s_fastest_run"]) for k in ("plain_bf16", "gloro_full_bf16")),
+                             "CPU s/step " + ", ".join(U.fmt(v[k]["step_cpu_s_median"])
+                                                       for k in ("plain_bf16", "gloro_full_bf16")),
+                             "", "", "", ""])
             ref = PYTORCH_REF.get(cfg)
-            for g in ("gloro_full", "gloro_last"):
+            for g in ("gloro_full", "gloro_last", "gloro_full_bf16"):
                 if ref and g in v:
                     a, b = v[g]["images_per_s"] / ref, v[g]["images_per_s_fastest_run"] / ref
                     value_row(cfg, f"{g} images/s ÷ PyTorch ({ref:.0f} img/s)", a, U.fmt(b),
@@ -572,7 +613,7 @@ def summary_rows(results):
             if best:
                 fmt, t = best
                 tg = t["gloro"]
-                for g in ("gloro_full", "gloro_last"):
+                for g in ("gloro_full", "gloro_last", "gloro_full_bf16"):
                     if g in v:
                         value_row(cfg, f"{g} images/s ÷ PyTorch in this session (same net, {fmt}, "
                                   f"{tg['images_per_s']:.0f} img/s)", v[g]["images_per_s"] / tg["images_per_s"],
@@ -583,6 +624,16 @@ def summary_rows(results):
                     value_row(cfg, f"plain images/s ÷ PyTorch plain in this session ({fmt}, "
                               f"{t['plain']['images_per_s']:.0f} img/s)",
                               v["plain"]["images_per_s"] / t["plain"]["images_per_s"])
+            best16 = torch_best(results, cfg, "gloro_bf16")
+            if best16 and "gloro_full_bf16" in v:
+                fmt, t = best16
+                tg = t["gloro_bf16"]
+                value_row(cfg, f"gloro_full_bf16 images/s ÷ PyTorch GloRo with bfloat16 autocast in this session "
+                          f"({fmt}, {tg['images_per_s']:.0f} img/s)",
+                          v["gloro_full_bf16"]["images_per_s"] / tg["images_per_s"],
+                          U.fmt(v["gloro_full_bf16"]["images_per_s_fastest_run"] / tg["images_per_s_fastest_run"]),
+                          "speedup_vs_pytorch",
+                          v["gloro_full_bf16"]["images_per_s_fastest_run"] / tg["images_per_s_fastest_run"])
             if pipe and "gloro_full" in v:
                 a, b = pipe / v["gloro_full"]["images_per_s"], pipe / v["gloro_full"]["images_per_s_fastest_run"]
                 value_row(cfg, "input pipeline img/s ÷ GloRo (full) train img/s", a, U.fmt(b), "pipeline_ratio", b)
@@ -597,9 +648,10 @@ def summary_rows(results):
             value_row(cfg, "one-time bound: sound / power convergence (s)",
                       f"{U.fmt(b['sound_first_s'])} / {U.fmt(b['power_converge_s'])}")
         m = r.get("memory", {}).get("ratios", {})
-        for g in ("gloro_full", "gloro_last"):
-            if f"{g}/plain" in m:
-                value_row(cfg, f"peak RSS {g} ÷ plain (separate processes)", m[f"{g}/plain"], key="memory_ratio")
+        for g, b in MEMORY_PAIRS:
+            if f"{g}/{b}" in m:
+                value_row(cfg, f"peak RSS {g} ÷ {b} (separate processes, median of "
+                          f"{r['memory'].get('repeats', 1)})", m[f"{g}/{b}"], key="memory_ratio")
         if v:
             value_row(cfg, "first train step incl. tracing (s)",
                       ", ".join(f"{k} {U.fmt(vv['first_step_s'])}" for k, vv in v.items()))
@@ -683,8 +735,9 @@ def write_report(results, name):
     if tr and "configs" in tr:
         rows = [[cfg, fmt, v, U.fmt(r[v]["images_per_s"]), U.fmt(r[v]["images_per_s_fastest_run"]),
                  U.fmt(1e3 * r[v]["step_s_median"]), U.fmt(r[v]["first_step_s"]),
-                 U.fmt(r["gloro/plain"]) if v == "gloro" else ""]
-                for cfg, fmts in tr["configs"].items() for fmt, r in fmts.items() for v in ("plain", "gloro")]
+                 U.fmt(r.get(f"{v}/{v.replace('gloro', 'plain')}", "")) if v.startswith("gloro") else ""]
+                for cfg, fmts in tr["configs"].items() for fmt, r in fmts.items()
+                for v in ("plain", "gloro", "plain_bf16", "gloro_bf16") if v in r]
         lines += ["", f"## PyTorch reference in this session (torch {tr['torch']}, {tr['threads']} threads)", "",
                   "`bench/torch_reference.py`: the same network and steps written in PyTorch from the paper "
                   "(not the authors' code, which is not available offline); 'gloro' = EMMA + 10 power "
@@ -736,7 +789,7 @@ def torch_python(arg):
 def bench_torch(python, configs, args, log):
     """The same networks and steps in PyTorch (bench/torch_reference.py), in a child process."""
     cmd = [python, str(Path(__file__).resolve().parent / "torch_reference.py"), "--configs", ",".join(configs),
-           "--repeats", str(args.repeats)]
+           "--repeats", str(args.repeats)] + ([] if args.no_bf16 else ["--bf16"])
     p = subprocess.run(cmd, capture_output=True, text=True, cwd=str(REPO))
     if p.returncode:
         log(f"  PyTorch reference FAILED: {p.stderr[-300:]}")
@@ -747,12 +800,13 @@ def bench_torch(python, configs, args, log):
     return dict(json.loads(p.stdout), command=" ".join(cmd))
 
 
-def torch_best(results, cfg):
-    """(memory format, its result) of the fastest PyTorch GloRo step for cfg, or None."""
+def torch_best(results, cfg, variant="gloro"):
+    """(memory format, its result) of the fastest PyTorch `variant` step for cfg, or None."""
     fmts = results.get("torch_reference", {}).get("configs", {}).get(cfg)
+    fmts = {f: r for f, r in (fmts or {}).items() if variant in r}
     if not fmts:
         return None
-    return max(fmts.items(), key=lambda kv: kv[1]["gloro"]["images_per_s"])
+    return max(fmts.items(), key=lambda kv: kv[1][variant]["images_per_s"])
 
 
 # =======================================================================================
@@ -764,7 +818,9 @@ def main(argv=None):
     ap.add_argument("--cert-images", type=int, default=10_000)
     ap.add_argument("--cert-repeats", type=int, default=2)
     ap.add_argument("--mem-steps", type=int, default=2)
-    ap.add_argument("--mem-variants", default="plain,gloro_full,gloro_last")
+    ap.add_argument("--mem-variants", default="plain,gloro_full,gloro_last,plain_bf16,gloro_full_bf16")
+    ap.add_argument("--mem-repeats", type=int, default=2, help="fresh processes per memory variant (median)")
+    ap.add_argument("--no-bf16", action="store_true", help="skip the mixed-bfloat16 variants")
     ap.add_argument("--pipeline-batches", type=int, default=100)
     ap.add_argument("--profile-config", default="L6W128")
     ap.add_argument("--profile-repeats", type=int, default=3)
@@ -795,8 +851,10 @@ def main(argv=None):
         args.cert_images, args.cert_repeats, args.mem_steps = 1280, 2, 2
         args.pipeline_batches, args.profile_config = 20, "L6W64"
         args.profile_repeats, args.profile_calls = 3, 1
-        args.no_xla, args.mem_variants, args.mem_steps = True, "plain,gloro_full", 1
+        args.no_xla, args.mem_variants, args.mem_steps, args.mem_repeats = True, "plain,gloro_full", 1, 1
         args.no_power, args.no_grouped = True, True
+    if args.no_bf16:
+        args.mem_variants = ",".join(v for v in args.mem_variants.split(",") if not v.endswith("_bf16"))
     name = args.name or ("quick" if args.quick else "latest")
     configs = [c.strip().upper() for c in args.configs.split(",") if c.strip()]
     for c in configs:

@@ -11,7 +11,9 @@ description, so that both frameworks are timed in one session on one machine:
 * plain step: cross-entropy, AdamW(1e-3, weight decay 1e-4), global-norm clipping at 3;
 * GloRo step: the same plus, for each of the L + 3 linear layers, 10 power-iteration steps
   `u ← AᵀAu/‖AᵀAu‖` on a persistent iterate (autograd through every step), K = Π‖A_l u_l‖,
-  LLN margin bounds K·‖ŵ_t − ŵ_i‖ and the EMMA loss CE(y_i + ε·K_ti, t).
+  LLN margin bounds K·‖ŵ_t − ŵ_i‖ and the EMMA loss CE(y_i + ε·K_ti, t);
+* with --bf16, also both steps with the network's forward under `torch.autocast` (bfloat16) and
+  the bound and loss in float32, like gloro-keras's `train_dtype="bfloat16"`.
 
     python bench/torch_reference.py --configs L6W64,L6W128 --repeats 5      # prints JSON
 
@@ -95,8 +97,10 @@ class LiResNet(torch.nn.Module):
         return K
 
 
-def emma_loss(model, x, y, epsilon):
-    logits = model(x)
+def emma_loss(model, x, y, epsilon, bf16=False):
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        logits = model(x)
+    logits = logits.float()
     K = model.lipschitz_bound()
     w = model.head_w / model.head_w.norm(dim=1, keepdim=True)
     kij = K * torch.cdist(w, w)                        # K·‖ŵ_i − ŵ_j‖ (0 on the diagonal)
@@ -106,9 +110,16 @@ def emma_loss(model, x, y, epsilon):
 def make_step(model, variant, epsilon=36 / 255):
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4)
 
+    bf16 = variant.endswith("_bf16")
+
     def step(x, y):
         opt.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(model(x), y) if variant == "plain" else emma_loss(model, x, y, epsilon)
+        if variant.startswith("plain"):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                logits = model(x)
+            loss = F.cross_entropy(logits.float(), y)
+        else:
+            loss = emma_loss(model, x, y, epsilon, bf16)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 3.0)
         opt.step()
@@ -117,14 +128,14 @@ def make_step(model, variant, epsilon=36 / 255):
     return step
 
 
-def bench_config(L, W, fmt, repeats, batch=256, seed=0):
+def bench_config(L, W, fmt, repeats, batch=256, seed=0, bf16=False):
     torch.manual_seed(seed)
     x = torch.rand(batch, 3, 32, 32)
     y = torch.randint(0, 10, (batch,))
     if fmt == "channels_last":
         x = x.contiguous(memory_format=torch.channels_last)
     steps, first = {}, {}
-    for variant in ("plain", "gloro"):
+    for variant in ("plain", "gloro") + (("plain_bf16", "gloro_bf16") if bf16 else ()):
         model = LiResNet(L, W, channels_last=fmt == "channels_last")
         steps[variant] = make_step(model, variant)
         t0 = time.perf_counter()
@@ -140,6 +151,9 @@ def bench_config(L, W, fmt, repeats, batch=256, seed=0):
     out = {v: dict(step_s=t, step_s_median=statistics.median(t), images_per_s=batch / statistics.median(t),
                    images_per_s_fastest_run=batch / min(t), first_step_s=first[v]) for v, t in times.items()}
     out["gloro/plain"] = statistics.median(g / p for g, p in zip(times["gloro"], times["plain"]))
+    if bf16:
+        out["gloro_bf16/plain_bf16"] = statistics.median(
+            g / p for g, p in zip(times["gloro_bf16"], times["plain_bf16"]))
     return out
 
 
@@ -149,15 +163,17 @@ def main(argv=None):
     ap.add_argument("--formats", default="nchw,channels_last", help="memory formats to time")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    ap.add_argument("--bf16", action="store_true", help="also time both steps with bfloat16 autocast")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     res = {"torch": torch.__version__, "threads": torch.get_num_threads(), "configs": {}}
     for cfg in args.configs.split(","):
         L, W = (int(v) for v in cfg.upper().lstrip("L").split("W"))
-        res["configs"][cfg] = {fmt: bench_config(L, W, fmt, args.repeats) for fmt in args.formats.split(",")}
-        print(f"{cfg}: " + ", ".join(f"{fmt} plain {r['plain']['images_per_s']:.0f} / GloRo "
-                                     f"{r['gloro']['images_per_s']:.0f} img/s"
+        res["configs"][cfg] = {fmt: bench_config(L, W, fmt, args.repeats, bf16=args.bf16)
+                               for fmt in args.formats.split(",")}
+        print(f"{cfg}: " + ", ".join(f"{fmt} " + " / ".join(f"{v} {r[v]['images_per_s']:.0f}" for v in r
+                                                            if isinstance(r[v], dict)) + " img/s"
                                      for fmt, r in res["configs"][cfg].items()), file=sys.stderr, flush=True)
     json.dump(res, sys.stdout, indent=1)
     print()

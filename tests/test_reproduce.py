@@ -24,7 +24,7 @@ def test_each_run_resolves_to_its_table_cell(name):
     assert cfg["warmup_epochs"] / cfg["epochs"] == pytest.approx(1 / 20)
     assert cfg["model_dir"] == f"runs/repro/{name}"
     if name not in reproduce.ABLATION:  # as the committed runs were trained
-        assert cfg["bound_gradient"] == "full" and cfg["seed"] == 0
+        assert cfg["bound_gradient"] == "full" and cfg["seed"] == 0 and cfg["train_dtype"] == "float32"
     if name == "headline":
         assert (cfg["arch"], cfg["depth"], cfg["width"], cfg["epochs"], cfg["loss"]) == ("liresnet", 6, 64, 20, "emma")
         return
@@ -75,11 +75,14 @@ def test_report_renders_runs_beside_the_published_numbers(tmp_path, monkeypatch)
     assert (tmp_path / "headline_vra.png").stat().st_size > 10_000
     assert "| 20 | " in text and "K_sound / K_power = 1.00200" in text
     assert "| sound bound (certificate) | 5.01000 | 60.0 | 45.7 |" in text
-    # The L6 LiResNet cell of Table 3 and seed 0 of the ablation are the Table 2 EMMA run;
-    # missing runs say so.
-    assert text.count("60.0 / **43.2**") == 3 and "not run" in text
+    # The L6 LiResNet cell of Table 3 and seed 0 of both ablations (bound gradient, precision) are
+    # the Table 2 EMMA run; missing runs say so.
+    assert text.count("60.0 / **43.2**") == 4 and "not run" in text
     assert "76.5 / 63.7" in text and "65.5 / 55.0" in text  # published Table 4 / 5 figures
     # Ablation: seed 0 of "full" is the Table 2 run; the difference is shown once both arms ran.
     _fake_run(tmp_path, "ab_last", 10, 0.4421)
     reproduce.report()
     assert "| 0 | 60.0 / **43.2** | 60.0 / **44.2** | +1.00 |" in doc.read_text()
+    _fake_run(tmp_path, "ab_bf16", 10, 0.4300)
+    reproduce.report()
+    assert "| 0 | 60.0 / **43.2** | 60.0 / **43.0** | -0.21 |" in doc.read_text()
