@@ -224,22 +224,24 @@ def table3_section(ms):
     return lines + [""]
 
 
+def _ab_rows(ms, pairs):
+    """Table rows `| seed | A | B | B − A (VRA points) |` for (seed, run A, run B) triples."""
+    rows = []
+    for seed, a_name, b_name in pairs:
+        a, b = ms.get(a_name), ms.get(b_name)
+        diff = (f"{100 * (_final(b, 'sound')['vra'] - _final(a, 'sound')['vra']):+.2f}"
+                if a is not None and b is not None else "–")
+        rows.append(f"| {seed} | {_cell(a)} | {_cell(b)} | {diff} |")
+    return rows
+
+
 def ablation_section(ms):
     lines = ["## Ablation: gradient through the bound (LiResNet L6W32, EMMA, 10 epochs)", "",
              "`--bound_gradient=full` back-propagates through all 10 power-iteration steps of a training step; "
              "`last` only through the final ‖A u‖ (the iterate u is held constant). clean % / **VRA %**, sound bound. "
              "Seed 0 of `full` is the Table 2 LiResNet EMMA run.", "",
              "| seed | full | last | last − full (VRA points) |", "| --- | --- | --- | --- |"]
-    for seed, full, last in ((0, "t2_liresnet_emma", "ab_last"), (1, "ab_full_seed1", "ab_last_seed1")):
-        f, l_ = ms.get(full), ms.get(last)
-        diff = (f"{100 * (_final(l_, 'sound')['vra'] - _final(f, 'sound')['vra']):+.2f}"
-                if f is not None and l_ is not None else "–")
-        lines.append(f"| {seed} | {_cell(f)} | {_cell(l_)} | {diff} |")
-    return lines + [""]
-
-
-def _train_minutes(m):
-    return f"{m['train_seconds'] / 60:.1f}" if m is not None and "train_seconds" in m else "–"
+    return lines + _ab_rows(ms, ((0, "t2_liresnet_emma", "ab_last"), (1, "ab_full_seed1", "ab_last_seed1"))) + [""]
 
 
 def precision_section(ms):
@@ -247,17 +249,9 @@ def precision_section(ms):
              "`--train_dtype=bfloat16` runs the network's training forward and backward pass in bfloat16 "
              "(float32 weights); power iteration, the bound, the loss, evaluation and certification stay "
              "float32, so every figure here certifies the float32 network with the sound bound. "
-             "clean % / **VRA %**; the float32 arm is the bound-gradient ablation's `full` column. Training "
-             "minutes are not comparable across arms: the float32 runs shared the machine (two runs, one core "
-             "each), the bfloat16 runs had it alone; `bench/run.py` has the side-by-side speed ratio.", "",
-             "| seed | float32 | bfloat16 | bfloat16 − float32 (VRA points) | train min float32 / bfloat16 |",
-             "| --- | --- | --- | --- | --- |"]
-    for seed, f32, b16 in ((0, "t2_liresnet_emma", "ab_bf16"), (1, "ab_full_seed1", "ab_bf16_seed1")):
-        f, b = ms.get(f32), ms.get(b16)
-        diff = (f"{100 * (_final(b, 'sound')['vra'] - _final(f, 'sound')['vra']):+.2f}"
-                if f is not None and b is not None else "–")
-        lines.append(f"| {seed} | {_cell(f)} | {_cell(b)} | {diff} | {_train_minutes(f)} / {_train_minutes(b)} |")
-    return lines + [""]
+             "clean % / **VRA %**; the float32 arm is the bound-gradient ablation's `full` column.", "",
+             "| seed | float32 | bfloat16 | bfloat16 − float32 (VRA points) |", "| --- | --- | --- | --- |"]
+    return lines + _ab_rows(ms, ((0, "t2_liresnet_emma", "ab_bf16"), (1, "ab_full_seed1", "ab_bf16_seed1"))) + [""]
 
 
 def runs_section(ms):

@@ -165,6 +165,8 @@ def bench_training(L, W, x, y, args, log):
         if "plain_xla" in times:
             r["gloro_full_xla/plain_xla"] = U.paired(times["gloro_full_xla"], times["plain_xla"])
     res["ratios"] = r
+    if "gloro_full" in models:
+        res["macs"] = flop_floor(models["gloro_full"])
     return res, models
 
 
@@ -382,6 +384,38 @@ def flop_floor(model):
     last = (2 * n + 1) * bounded_macs + 2 * bounded_macs
     return {"train_macs": train, "bound_full_macs": full, "bound_last_macs": last,
             "floor_full": 1 + full / train, "floor_last": 1 + last / train}
+
+
+def bench_peak(args, log):
+    """This CPU's attainable GFLOP/s: a large matmul and the LiResNet block's own 3×3 convolution
+    (batch 256, 16×16×128, forward), float32 and bfloat16, median of timed runs after warm-up."""
+    tf, _ = _tf()
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    cases = {
+        "matmul 2048³": (lambda a, b: tf.linalg.matmul(a, b),
+                         rng.standard_normal((2048, 2048), dtype=np.float32),
+                         rng.standard_normal((2048, 2048), dtype=np.float32), 2 * 2048 ** 3),
+        "conv 3×3 256×16×16×128": (lambda a, b: tf.nn.conv2d(a, b, 1, "SAME"),
+                                   rng.standard_normal((256, 16, 16, 128), dtype=np.float32),
+                                   rng.standard_normal((3, 3, 128, 128), dtype=np.float32),
+                                   2 * 256 * 16 * 16 * 9 * 128 * 128),
+    }
+    out = {}
+    for name, (op, a, b, flops) in cases.items():
+        for dtype in ("float32", "bfloat16"):
+            ta, tb = tf.cast(a, dtype), tf.cast(b, dtype)
+            f = tf.function(lambda: tf.reduce_sum(tf.cast(op(ta, tb), "float32")))
+            f(), f()
+            ts = []
+            for _ in range(args.peak_repeats):
+                t = time.perf_counter()
+                f().numpy()
+                ts.append(time.perf_counter() - t)
+            out[f"{name} {dtype}"] = {"gflops": flops / U.med(ts) / 1e9, "gflops_best": flops / min(ts) / 1e9}
+            log(f"  {name} {dtype}: {out[f'{name} {dtype}']['gflops']:.0f} GFLOP/s")
+    return out
 
 
 def bench_profile(L, W, models, args, log):
@@ -634,6 +668,23 @@ def summary_rows(results):
                           U.fmt(v["gloro_full_bf16"]["images_per_s_fastest_run"] / tg["images_per_s_fastest_run"]),
                           "speedup_vs_pytorch",
                           v["gloro_full_bf16"]["images_per_s_fastest_run"] / tg["images_per_s_fastest_run"])
+            macs = tr.get("macs", {}).get("train_macs")
+            peak = results.get("peak", {})
+            if macs and peak:
+                def gflops(k):
+                    return 2 * macs / v[k]["step_s_median"] / 1e9
+                p32 = peak.get("conv 3×3 256×16×16×128 float32", {}).get("gflops")
+                p16 = peak.get("conv 3×3 256×16×16×128 bfloat16", {}).get("gflops")
+                rows.append([cfg, "plain step GFLOP/s (forward + backward = 3× the forward MACs) ÷ the block "
+                             "conv's forward GFLOP/s, float32" + (" · bfloat16" if "plain_bf16" in v else ""),
+                             f"{gflops('plain'):.0f} ÷ {p32:.0f} = {gflops('plain') / p32:.2f}"
+                             + (f" · {gflops('plain_bf16'):.0f} ÷ {p16:.0f} = {gflops('plain_bf16') / p16:.2f}"
+                                if "plain_bf16" in v and p16 else ""), "", "", "", "", "", ""])
+                if ref:
+                    need = 2 * macs / BATCH * ref / 1e9
+                    rows.append([cfg, f"GFLOP/s that training at the PyTorch anchor's {ref:.0f} img/s needs (plain-"
+                                 "step FLOPs only: a lower bound) ÷ the block conv's float32 GFLOP/s", f"{need:.0f} ÷ {p32:.0f} = {need / p32:.2f}",
+                                 "", "", "", "", "", ""])
             if pipe and "gloro_full" in v:
                 a, b = pipe / v["gloro_full"]["images_per_s"], pipe / v["gloro_full"]["images_per_s_fastest_run"]
                 value_row(cfg, "input pipeline img/s ÷ GloRo (full) train img/s", a, U.fmt(b), "pipeline_ratio", b)
@@ -748,6 +799,12 @@ def write_report(results, name):
                              rows)]
     elif tr:
         lines += ["", "## PyTorch reference in this session", "", f"failed: `{tr.get('error', '')[-300:]}`"]
+    if results.get("peak"):
+        lines += ["", "## Attainable GFLOP/s on this CPU", "",
+                  "One kernel timed alone after warm-up (median / best of the timed runs); the block conv is "
+                  "the forward 3×3 convolution of a LiResNet block at W128, batch 256.", "",
+                  U.md_table(["kernel", "GFLOP/s (median)", "GFLOP/s (best)"],
+                             [[k, U.fmt(d["gflops"]), U.fmt(d["gflops_best"])] for k, d in results["peak"].items()])]
     if "pipeline" in results:
         p = results["pipeline"]
         lines += ["", "## Input pipeline", "",
@@ -821,6 +878,7 @@ def main(argv=None):
     ap.add_argument("--mem-variants", default="plain,gloro_full,gloro_last,plain_bf16,gloro_full_bf16")
     ap.add_argument("--mem-repeats", type=int, default=2, help="fresh processes per memory variant (median)")
     ap.add_argument("--no-bf16", action="store_true", help="skip the mixed-bfloat16 variants")
+    ap.add_argument("--peak-repeats", type=int, default=7, help="timed runs of each peak-GFLOP/s kernel")
     ap.add_argument("--pipeline-batches", type=int, default=100)
     ap.add_argument("--profile-config", default="L6W128")
     ap.add_argument("--profile-repeats", type=int, default=3)
@@ -926,6 +984,9 @@ def main(argv=None):
             log(f"  certify/predict: {U.spread(r['certification']['ratios']['certify/predict'])}")
         del models
         keras.backend.clear_session()
+    mark("peak")
+    log("attainable GFLOP/s")
+    results["peak"] = bench_peak(args, log)
     mark("pipeline")
     log("input pipeline")
     results["pipeline"] = bench_pipeline(args, log)
