@@ -2,7 +2,7 @@
 import keras
 from keras import ops
 
-from gloro_keras.layers._ops import as_pair, normalize_padding
+from gloro_keras.layers._ops import as_pair, conv_kernel_vjp, normalize_padding
 from gloro_keras.layers.lipschitz_layer import LipschitzLayer
 
 
@@ -110,6 +110,9 @@ class LipschitzConv2D(LipschitzLayer):
         (pt, pb), (pl, pr) = self.pads
         h, w = self.input_hw
         return x[:, pt : pt + h, pl : pl + w, :]
+
+    def kernel_vjp(self, x, g):
+        return conv_kernel_vjp(x, g, self.kernel_size, self.strides, self.pads)
 
     def linear_kernel(self):
         return self.kernel

@@ -67,6 +67,9 @@ class LipschitzDense(LipschitzLayer):
     def apply_adjoint(self, v, kernel):
         return ops.matmul(v, ops.transpose(kernel))
 
+    def kernel_vjp(self, x, g):
+        return ops.matmul(ops.transpose(x), g)
+
     def margin_kernel(self):
         """(features, classes) matrix W of the logits `xW + b` (used when this is a head)."""
         return self.kernel

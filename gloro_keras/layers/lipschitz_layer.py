@@ -16,7 +16,9 @@ class LipschitzLayer(keras.layers.Layer):
     below, so certification should use `sound_lipschitz_bound()`).
 
     Subclasses implement `linear_kernel()` (the tensor defining A), `apply_linear(u, k)`
-    (A) and `apply_adjoint(v, k)` (Aᵀ), and call `build_iterate(shape)` in `build`.
+    (A) and `apply_adjoint(v, k)` (Aᵀ), and call `build_iterate(shape)` in `build`; with
+    `kernel_vjp(x, g)` (∂⟨g, A x⟩/∂K) the full gradient runs batched (see
+    `_full_gradient_bound`).
 
     Args:
         power_iterations: power-iteration steps per training call (default 10).
@@ -39,6 +41,11 @@ class LipschitzLayer(keras.layers.Layer):
     def apply_adjoint(self, v, kernel):
         raise NotImplementedError
 
+    def kernel_vjp(self, x, g):
+        """∂⟨g, A(K) x⟩/∂K summed over the batch axis of x and g (A is linear in K).
+        Optional: without it, `gradient="full"` differentiates the unrolled steps by autodiff."""
+        raise NotImplementedError
+
     def sound_lipschitz_bound(self):
         """Guaranteed upper bound on ‖A‖₂ (float64), computed from the weights."""
         raise NotImplementedError
@@ -54,13 +61,63 @@ class LipschitzLayer(keras.layers.Layer):
             aggregation="only_first_replica",
         )
 
-    def _step(self, u, kernel):
-        w = self.apply_adjoint(self.apply_linear(u, kernel), kernel)
+    def _step(self, u, kernel, trace=None):
+        v = self.apply_linear(u, kernel)
+        w = self.apply_adjoint(v, kernel)
         sq = ops.sum(ops.square(w))
+        if trace is not None:
+            trace.append((v, sq))
         # An iterate in the null space would stay 0 forever and under-estimate ‖A‖ once
         # the weights move: restart it from the all-ones direction.
         restart = l2_normalize(ops.ones_like(w))
         return ops.where(sq > TINY, w / ops.sqrt(ops.maximum(sq, TINY)), restart)
+
+    def _full_gradient_bound(self, kernel, u):
+        """σ = ‖A uₙ‖ after n steps from u, differentiated through every step w.r.t. K.
+
+        Same value and gradient as autodiff through the unrolled steps, but the backward
+        pass runs the steps' adjoints by hand (v̄ = A w̄, ū = Aᵀ v̄, normalization VJPs) and
+        sums the 2n+1 kernel-gradient terms B(x, g) = ∂⟨g, A(K)x⟩/∂K with ONE batched
+        `kernel_vjp`, instead of autodiff's 2n+1 kernel-sized gradients that wait for one
+        final sum (memory) and its 2n+1 batch-1 filter gradients (time).
+        Returns (σ, uₙ).
+        """
+        n = self.power_iterations
+        kernel = ops.cast(kernel, kernel.dtype)  # a tensor read from it, when linear_kernel() is the variable
+        frozen = ops.stop_gradient(kernel)
+        us, trace = [u], []
+        for _ in range(n):
+            us.append(self._step(us[-1], frozen, trace))
+        U = ops.stop_gradient(ops.concatenate(us, axis=0))  # u₀ … uₙ
+        V = ops.stop_gradient(ops.concatenate([v for v, _ in trace], axis=0))  # vᵢ = A uᵢ₋₁
+        SQ = ops.stop_gradient(ops.stack([sq for _, sq in trace]))  # ‖Aᵀvᵢ‖²
+
+        @ops.custom_gradient
+        def bound(kernel, U, V, SQ):
+            z = self.apply_linear(U[n:], kernel)
+            zsq = ops.sum(ops.square(z))
+            sigma = ops.sqrt(ops.maximum(zsq, TINY))
+
+            def grad(*args, upstream=None):
+                up = args[0] if upstream is None else upstream
+                zbar = ops.where(zsq > TINY, up / sigma, 0.0) * z
+                xs, gs = [U[n:]], [zbar]
+                ubar = self.apply_adjoint(zbar, kernel)
+                for i in range(n, 0, -1):
+                    ui = U[i : i + 1]
+                    wbar = (ubar - ui * ops.sum(ui * ubar)) / ops.sqrt(ops.maximum(SQ[i - 1], TINY))
+                    wbar = ops.where(SQ[i - 1] > TINY, wbar, 0.0)  # a restart is constant
+                    vbar = self.apply_linear(wbar, kernel)
+                    xs += [wbar, U[i - 1 : i]]  # w = Aᵀv: B(w̄, v);  v = A u: B(u, v̄)
+                    gs += [V[i - 1 : i], vbar]
+                    if i > 1:
+                        ubar = self.apply_adjoint(vbar, kernel)
+                kbar = self.kernel_vjp(ops.concatenate(xs, axis=0), ops.concatenate(gs, axis=0))
+                return kbar, ops.zeros_like(U), ops.zeros_like(V), ops.zeros_like(SQ)
+
+            return sigma, grad
+
+        return bound(kernel, U, V, SQ), us[-1]
 
     def lipschitz_bound(self, training=False, gradient="full"):
         """Power-iteration estimate of ‖A‖₂ as a scalar tensor.
@@ -75,7 +132,11 @@ class LipschitzLayer(keras.layers.Layer):
         kernel = self.linear_kernel()
         u = l2_normalize(ops.convert_to_tensor(self.iterate))
         if training and self.power_iterations > 0:
-            loop_kernel = kernel if gradient == "full" else ops.stop_gradient(kernel)
+            if gradient == "full" and type(self).kernel_vjp is not LipschitzLayer.kernel_vjp:
+                sigma, u = self._full_gradient_bound(kernel, u)
+                self.iterate.assign(ops.stop_gradient(u))
+                return sigma
+            loop_kernel = kernel if gradient == "full" else ops.stop_gradient(kernel)  # autodiff
             for _ in range(self.power_iterations):
                 u = self._step(u, loop_kernel)
             self.iterate.assign(ops.stop_gradient(u))

@@ -4,6 +4,7 @@ import math
 import keras
 from keras import ops
 
+from gloro_keras.layers._ops import conv_kernel_vjp
 from gloro_keras.layers.lipschitz_layer import LipschitzLayer
 
 
@@ -79,6 +80,10 @@ class LiResNetBlock(LipschitzLayer):
 
     def apply_adjoint(self, v, kernel):
         return ops.conv_transpose(v, kernel, strides=1, padding="same")
+
+    def kernel_vjp(self, x, g):
+        k, p = self.kernel_size, (self.kernel_size - 1) // 2
+        return conv_kernel_vjp(x, g, (k, k), (1, 1), ((p, p), (p, p)))
 
     def call(self, x):
         y = self.apply_linear(x, self.linear_kernel())
