@@ -78,8 +78,7 @@ class LipschitzLayer(keras.layers.Layer):
         Same value and gradient as autodiff through the unrolled steps, but the backward
         pass runs the steps' adjoints by hand (v̄ = A w̄, ū = Aᵀ v̄, normalization VJPs) and
         sums the 2n+1 kernel-gradient terms B(x, g) = ∂⟨g, A(K)x⟩/∂K with ONE batched
-        `kernel_vjp`, instead of autodiff's 2n+1 kernel-sized gradients that wait for one
-        final sum (memory) and its 2n+1 batch-1 filter gradients (time).
+        `kernel_vjp`, instead of autodiff's 2n+1 batch-1 kernel gradients and their sum.
         Returns (σ, uₙ).
         """
         n = self.power_iterations
