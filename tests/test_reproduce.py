@@ -23,6 +23,11 @@ def test_each_run_resolves_to_its_table_cell(name):
     assert cfg["epsilon"] == pytest.approx(36 / 255) and cfg["augment"] is True
     assert cfg["warmup_epochs"] / cfg["epochs"] == pytest.approx(1 / 20)
     assert cfg["model_dir"] == f"runs/repro/{name}"
+    if name in reproduce.HEADLINE_VARIANTS:  # the headline run with one setting changed
+        base = parse(reproduce.command("headline")[1:])
+        changed = {k for k in cfg if cfg[k] != base[k]} - {"model_dir", "explicit_flags"}
+        assert changed == set(reproduce.HEADLINE_VARIANTS[name])
+        return
     if name not in reproduce.ABLATION:  # as the committed runs were trained
         assert cfg["bound_gradient"] == "full" and cfg["seed"] == 0 and cfg["train_dtype"] == "float32"
     if name == "headline":
@@ -86,3 +91,8 @@ def test_report_renders_runs_beside_the_published_numbers(tmp_path, monkeypatch)
     _fake_run(tmp_path, "ab_bf16", 10, 0.4300)
     reproduce.report()
     assert "| 0 | 60.0 / **43.2** | 60.0 / **43.0** | -0.21 |" in doc.read_text()
+    _fake_run(tmp_path, "headline_bf16", 20, 0.4600)
+    reproduce.report()
+    text = doc.read_text()
+    assert "| clean % / **VRA %** (sound) | 60.0 / **45.7** | 60.0 / **46.0** |" in text
+    assert "| training minutes | 1.0 | 1.0 |" in text
