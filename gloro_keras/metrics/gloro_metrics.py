@@ -16,16 +16,25 @@ def clean_accuracy(y_true, y_pred):
     return ops.cast(ops.equal(ops.cast(ops.argmax(y_pred[:, :m], axis=-1), "int32"), labels), "float32")
 
 
+def _strict_top(y_pred):
+    """True where the largest of the m + 1 outputs is strictly above all others (a tie,
+    which argmax would resolve to the lower index, is never a certificate)."""
+    top2 = ops.top_k(y_pred, 2)[0]
+    return top2[:, 0] > top2[:, 1]
+
+
 def verified_robust_accuracy(y_true, y_pred):
-    """1 where argmax over all m + 1 outputs equals the label (correct and certified)."""
+    """1 where the label's output is strictly the largest of all m + 1 (correct and certified)."""
     labels, y_pred, _ = _split(y_true, y_pred)
-    return ops.cast(ops.equal(ops.cast(ops.argmax(y_pred, axis=-1), "int32"), labels), "float32")
+    hit = ops.equal(ops.cast(ops.argmax(y_pred, axis=-1), "int32"), labels) & _strict_top(y_pred)
+    return ops.cast(hit, "float32")
 
 
 def rejection_rate(y_true, y_pred):
-    """1 where argmax over all m + 1 outputs is ⊥ (not certified)."""
+    """1 where no class output is strictly the largest of all m + 1 (⊥, or a tie)."""
     _, y_pred, m = _split(y_true, y_pred)
-    return ops.cast(ops.equal(ops.argmax(y_pred, axis=-1), m), "float32")
+    certified = ops.not_equal(ops.argmax(y_pred, axis=-1), m) & _strict_top(y_pred)
+    return 1.0 - ops.cast(certified, "float32")
 
 
 # Original gloro names (Keras names a metric function by its __name__).

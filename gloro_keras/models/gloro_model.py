@@ -1,17 +1,20 @@
 """GloRo network: m logits plus the ⊥ logit, certified at ℓ2 radius ε."""
 import contextlib
 import hashlib
-import math
 import threading
 
 import keras
 import numpy as np
 from keras import ops
 
-from gloro_keras.models import margins
+from gloro_keras.models import margins, rounding
+from gloro_keras.models.kernel_precision import full_precision_kernels
 from gloro_keras.models.network_analysis import analyze, head_kernel
 
 BOUNDS = ("sound", "power", "current")
+# "float32": certify the network as it computes in float32 (rounding included; the default).
+# "exact": the published convention, exact arithmetic (for comparison only).
+ARITHMETICS = ("float32", "exact")
 _BIG = 1e30
 
 
@@ -46,14 +49,7 @@ def _resolve_train_dtype(network, train_dtype):
     return train_dtype
 
 
-def _check_epsilon(value, name="epsilon"):
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number; got {value!r}") from None
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name} must be finite and >= 0; got {value}")
-    return value
+_check_epsilon = margins.check_epsilon
 
 
 def _round_up_float32(value):
@@ -162,6 +158,22 @@ class GloroModel(keras.Model):
         self._stash = threading.local()
         self._loss_needs_bounds = False
         self._sound_cache = {}
+        self._value_cache = {}
+        try:
+            analysis = rounding.RoundingAnalysis(
+                self._plan.layers, self._plan.head, int(np.prod(network.input_shape[1:])))
+            unsupported = None
+        except rounding.UnsupportedLayerError as e:
+            analysis, unsupported = None, str(e)
+        # plain attributes, not tracked (and not saved) by Keras
+        object.__setattr__(self, "_rounding", analysis)
+        object.__setattr__(self, "_rounding_unsupported", unsupported)
+        object.__setattr__(self, "_probe", None)
+        self._rounding_params = self.add_weight(
+            name="rounding_params", shape=(max(analysis.num_params if analysis else 0, 1),),
+            initializer="zeros", trainable=False, dtype="float32", autocast=False,
+            aggregation="only_first_replica",
+        )
         self.build(network.input_shape)
 
     def _scalar(self, name, value):
@@ -243,6 +255,8 @@ class GloroModel(keras.Model):
         return self.body_bound(training) * margins.pairwise_distances(w)
 
     def call(self, inputs, training=False):
+        if not training and self._rounding is not None:
+            return self._inference_call(inputs)
         with self._network_precision(training):
             logits = ops.cast(self.network(inputs, training=training), "float32")
         kmat = self.margin_bounds(training)
@@ -250,10 +264,54 @@ class GloroModel(keras.Model):
         eps = ops.convert_to_tensor(self._epsilon_train if training else self._epsilon)
         y_bot = margins.bottom_logit(logits, kmat, eps)
         if not training:
+            y_bot = margins.strict_bottom_logit(logits, y_bot)
             # A non-finite output is never certified: ⊥ wins the argmax.
             finite = ops.all(ops.isfinite(logits), axis=-1)
             y_bot = ops.where(finite, y_bot, _BIG)
             logits = ops.where(finite[:, None], logits, -_BIG)
+        return ops.concatenate([logits, y_bot[:, None]], axis=-1)
+
+    def _inference_call(self, inputs):
+        """[logits, y_⊥] with the float32 rounding terms in y_⊥ (module `rounding`).
+
+        y_⊥ = max_{i≠j} (y_i + ε·K_ji + a_ji + b_ji·ε), every term rounded upwards, and
+        raised just above y_j where j is not certified (so a tie is never certified).
+        With the bound cache of `update_bound_cache`, argmax over the outputs certifies a
+        subset of what `certify` certifies with the same bound (a_ji is counted twice, to
+        cover the float32 difference between this evaluation and certify's).
+        """
+        an = self._rounding
+        logits, cs, ch = an.terms(inputs)
+        logits = ops.cast(logits, "float32")
+        w = ops.cast(head_kernel(self._plan.head), "float32")
+        dist = margins.pairwise_distances_upper(w)
+        kmat = self.body_bound(False) * dist
+        self._stash.kmat = kmat
+        eps = ops.convert_to_tensor(self._epsilon)
+        p = [self._rounding_params[k] for k in range(an.num_params)]
+        alpha, beta, lip = an.coefficients(cs, p, ops.zeros_like(cs[0]))
+        head = an.head
+        n = ops.sqrt(ops.sum(ops.square(ops.abs(w)), axis=0)) * ((1.0 + head.tau) * (1.0 + rounding.gamma(head.fan_in + 4, rounding.U32)))
+        eta = (2 * head.fan_in + 3 + head.fan_in * ops.max(ops.abs(w)) * (1.0 + head.tau)) * rounding.TINY32
+        m = self.num_classes
+        j = ops.argmax(logits, axis=-1)
+        onehot = ops.one_hot(j, m)
+        cj = ops.sum(ch * onehot, axis=-1, keepdims=True)
+        nj = ops.take(n, j)[:, None]
+        dj = ops.take(dist, j, axis=0)
+        kj = ops.take(kmat, j, axis=0)
+        al, be = alpha[:, None], beta[:, None]
+        a = 2.0 * al * dj + 2.0 * head.g * (ch + cj) + 4.0 * eta + 4.0 * head.g * al * (n[None, :] + nj)
+        b = be * dj + head.g * (n[None, :] + nj) * (lip + be)
+        u = rounding.U32
+        c = (eps * kj + (2.0 * a + b * eps) * an.graph_inflation) * (1.0 + 8 * u)
+        thr = logits + c
+        thr = thr + 4 * u * (ops.abs(logits) + c) + 2.0 ** -120
+        y_bot = ops.max(ops.where(onehot > 0, float("-inf"), thr), axis=-1)
+        y_bot = margins.strict_bottom_logit(logits, y_bot)
+        finite = ops.all(ops.isfinite(logits), axis=-1) & ops.isfinite(y_bot)
+        y_bot = ops.where(finite, y_bot, _BIG)
+        logits = ops.where(finite[:, None], logits, -_BIG)
         return ops.concatenate([logits, y_bot[:, None]], axis=-1)
 
     def compute_output_shape(self, input_shape):
@@ -334,7 +392,13 @@ class GloroModel(keras.Model):
 
     def evaluate(self, x=None, y=None, *args, **kwargs):
         self._check_labels(y)
-        return super().evaluate(x, y, *args, **kwargs)
+        with full_precision_kernels():
+            return super().evaluate(x, y, *args, **kwargs)
+
+    def predict(self, x, *args, **kwargs):
+        """`keras.Model.predict`: the m logits and y_⊥ (rounding-aware; see `_inference_call`)."""
+        with full_precision_kernels():
+            return super().predict(x, *args, **kwargs)
 
     # -- bounds ----------------------------------------------------------------------
     def converge_bounds(self, max_iterations=500, tolerance=1e-6):
@@ -389,27 +453,94 @@ class GloroModel(keras.Model):
         (`predict`, `evaluate`) until the next training step. Returns K."""
         k = self.lipschitz_bound(bound)
         self._bound_cache.assign(_round_up_float32(k) if bound == "sound" else np.float32(k))
+        if self._rounding is not None:
+            params = self._rounding.params(self._layer_value_fn(bound), self._abs_norm)
+            self._rounding_params.assign(
+                np.array([_round_up_float32(v) for v in params] or [0.0], dtype=np.float32))
         self._bound_cache_valid.assign(1.0)
         return k
+
+    def _layer_value_fn(self, bound):
+        """value(layer): a bounded leaf layer's bound of kind `bound` (sound: cached)."""
+        if bound == "sound":
+            key = ("sound", self._fingerprint())
+
+            def value(layer):
+                cache = self._value_cache.setdefault(key, {})
+                if id(layer) not in cache:
+                    cache[id(layer)] = float(layer.sound_lipschitz_bound())
+                return cache[id(layer)]
+
+            return value
+        if bound == "power":
+            self.lipschitz_bound("power")
+        return lambda layer: float(ops.convert_to_numpy(layer.lipschitz_bound(training=False)))
+
+    def _abs_norm(self, layer, compute):
+        """Sound bound on ‖|A|‖₂ of a layer (elementwise |kernel|), cached per weights."""
+        key = ("abs", self._fingerprint())
+        cache = self._value_cache.setdefault(key, {})
+        if id(layer) not in cache:
+            from threadpoolctl import threadpool_limits
+
+            with threadpool_limits(limits=1, user_api="blas"):
+                cache[id(layer)] = float(compute())
+        if len(self._value_cache) > 4:  # keep the entries of the latest weights only
+            for k in list(self._value_cache)[:-4]:
+                del self._value_cache[k]
+        return cache[id(layer)]
 
     # -- certification ---------------------------------------------------------------
     def predict_logits(self, x, batch_size=256, verbose=0):
         """The network's m clean logits as float64 numpy (no bound involved)."""
-        return np.asarray(self.network.predict(x, batch_size=batch_size, verbose=verbose), dtype=np.float64)
+        with full_precision_kernels():
+            return np.asarray(self.network.predict(x, batch_size=batch_size, verbose=verbose), dtype=np.float64)
 
-    def certify(self, x, epsilon=None, bound="sound", batch_size=256):
-        """Certified class per input, or `num_classes` (⊥) where robustness at `epsilon`
-        (default: self.epsilon) cannot be certified. The bound is computed once per call.
-        Inputs with non-finite values (or non-finite logits) always get ⊥."""
-        eps = self.epsilon if epsilon is None else _check_epsilon(epsilon)
+    def _probe_model(self):
+        if self._probe is None:
+            object.__setattr__(self, "_probe", _RoundingProbe(self))
+        return self._probe
+
+    def margin_certificate(self, x, bound="sound", arithmetic="float32", batch_size=256):
+        """Everything `certify` and `certified_radius` need, as a `margins.MarginCertificate`.
+
+        arithmetic="float32" (default): the certificate is about the network as it computes
+        in float32 (TF32 off), for any summation order and batch: the margins must exceed
+        ε·K_ji plus the rounding terms of `gloro_keras.models.rounding`. "exact": the
+        published convention (exact arithmetic, rounding ignored), for comparison only.
+        """
+        if arithmetic not in ARITHMETICS:
+            raise ValueError(f"arithmetic must be one of {ARITHMETICS}; got {arithmetic!r}")
+        if bound not in BOUNDS:
+            raise ValueError(f"bound must be one of {BOUNDS}; got {bound!r}")
         kmat = self.margin_bound_matrix(bound)
-        return margins.certify_np(self.predict_logits(x, batch_size), kmat, eps)
+        if arithmetic == "exact":
+            return margins.MarginCertificate.build(self.predict_logits(x, batch_size), kmat)
+        an = self._rounding
+        if an is None:
+            raise ValueError(f"Cannot certify the float32 network: {self._rounding_unsupported}")
+        params = an.params(self._layer_value_fn(bound), self._abs_norm)
+        with full_precision_kernels():
+            out = np.asarray(self._probe_model().predict(x, batch_size=batch_size, verbose=0), dtype=np.float64)
+        m = self.num_classes
+        logits, cs, ch = out[:, :m], out[:, m:-m], out[:, -m:]
+        w_ref = ops.convert_to_numpy(head_kernel(self._plan.head))
+        pred = margins.predicted_class(logits)
+        a, b = rounding.error_terms_np(an, list(cs.T), ch, params, w_ref, margins.pairwise_distances_np(w_ref), pred)
+        return margins.MarginCertificate.build(logits, kmat, a, b)
 
-    def certified_radius(self, x, bound="sound", batch_size=256):
+    def certify(self, x, epsilon=None, bound="sound", batch_size=256, arithmetic="float32"):
+        """Certified class per input, or `num_classes` (⊥) where robustness at `epsilon`
+        (default: self.epsilon) cannot be certified for the float32 network as it computes
+        (`arithmetic`, see `margin_certificate`). The bound is computed once per call.
+        Inputs with non-finite values (or non-finite logits) and ties always get ⊥."""
+        eps = self.epsilon if epsilon is None else _check_epsilon(epsilon)
+        return self.margin_certificate(x, bound, arithmetic, batch_size).certify(eps)
+
+    def certified_radius(self, x, bound="sound", batch_size=256, arithmetic="float32"):
         """Per input, the radius r such that the prediction is certified for every ε < r
         (0 where it is not robust; 0 for non-finite inputs)."""
-        kmat = self.margin_bound_matrix(bound)
-        return margins.certified_radius_np(self.predict_logits(x, batch_size), kmat)
+        return self.margin_certificate(x, bound, arithmetic, batch_size).radius()
 
     # -- names of the original gloro API ----------------------------------------------
     @property
@@ -437,6 +568,20 @@ class GloroModel(keras.Model):
         return self.update_bound_cache(bound)
 
     # -- serialization ---------------------------------------------------------------
+    def load_own_variables(self, store):
+        """Also loads files saved before the rounding terms existed (0.1.0): their bound
+        cache is then marked invalid, so inference recomputes nothing it cannot trust."""
+        if len(store.keys()) == len(self._own_variables()) - 1:
+            for i, v in enumerate(self._own_variables()[:-1]):
+                v.assign(store[str(i)])
+            self._bound_cache_valid.assign(0.0)
+            return
+        super().load_own_variables(store)
+
+    def _own_variables(self):
+        return [self._epsilon, self._epsilon_train, self._bound_cache, self._bound_cache_valid,
+                self._rounding_params]
+
     def get_config(self):
         return {
             "name": self.name,
@@ -455,3 +600,17 @@ class GloroModel(keras.Model):
 
 
 GloroNet = GloroModel
+
+
+class _RoundingProbe(keras.Model):
+    """Batched per-input terms of the rounding analysis: [logits, centre terms, head terms]."""
+
+    def __init__(self, gloro):
+        super().__init__(name=f"{gloro.name}_rounding_probe", dtype="float32")
+        self.network = gloro.network
+        object.__setattr__(self, "_analysis", gloro._rounding)
+        self.built = True
+
+    def call(self, x):
+        logits, cs, ch = self._analysis.terms(x)
+        return ops.concatenate([ops.cast(logits, "float32"), ops.stack(cs, axis=-1), ch], axis=-1)

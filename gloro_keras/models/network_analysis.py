@@ -10,6 +10,7 @@ import numpy as np
 class BoundPlan:
     """How a GloroModel bounds its network.
 
+    layers: every body layer (all but the head), in forward order.
     bounded: layers with a learned bound (`lipschitz_bound`, `converge_iterate`,
         `sound_lipschitz_bound`), in forward order.
     constant: product of the fixed Lipschitz constants of the other body layers.
@@ -21,6 +22,7 @@ class BoundPlan:
     constant: float
     head: keras.layers.Layer
     num_classes: int
+    layers: list = dataclasses.field(default_factory=list)
 
 
 def _is_model(layer):
@@ -167,4 +169,4 @@ def analyze(network):
     num_classes = int(head.output.shape[-1])
     if num_classes < 2:
         raise ValueError(f"A GloroModel needs at least 2 classes; the head outputs {num_classes}.")
-    return BoundPlan(bounded=bounded, constant=constant, head=head, num_classes=num_classes)
+    return BoundPlan(bounded=bounded, constant=constant, head=head, num_classes=num_classes, layers=body)

@@ -23,6 +23,7 @@ import keras
 import numpy as np
 
 from gloro_keras.train.schedules import EpsilonSchedule
+from gloro_keras.models.margins import check_epsilon
 
 __all__ = [
     "ConvergeBounds",
@@ -56,7 +57,7 @@ class EpsilonScheduler(keras.callbacks.Callback):
 
     def __init__(self, epsilon=None, total_epochs=None, schedule="paper", steps_per_epoch=None):
         super().__init__()
-        self.epsilon = None if epsilon is None else float(epsilon)
+        self.epsilon = None if epsilon is None else check_epsilon(epsilon)
         self.total_epochs = total_epochs
         self.schedule = schedule if isinstance(schedule, EpsilonSchedule) else EpsilonSchedule(schedule)
         self.steps_per_epoch = steps_per_epoch

@@ -6,8 +6,9 @@
 
 Computes the Lipschitz bound once (`--bound=sound`: the provable upper bound;
 `power`: power iteration run to convergence, the estimate behind the published numbers),
-the clean logits of every test example, and from them clean accuracy, VRA, rejection
-rate and the certified radius of each prediction. Prints a table and writes JSON
+the clean logits of every test example with their float32 rounding terms (`--arithmetic`),
+and from them clean accuracy, VRA, rejection rate and the certified radius of each
+prediction (the float32 network as it computes, TF32 off; docs/soundness.md). Prints a table and writes JSON
 (default: `certify.json` beside the model; `--output=` to skip, `--output=-` to print
 the JSON instead).
 
@@ -52,6 +53,9 @@ def define_flags(fv=FLAGS):
     flags.DEFINE_float("epsilon", None, "Certification radius; default: the model's epsilon.", lower_bound=0.0, **d)
     flags.DEFINE_enum("bound", "sound", ("sound", "power"), "Lipschitz bound: sound (provable upper "
                       "bound) or power (converged power iteration).", **d)
+    flags.DEFINE_enum("arithmetic", "float32", ("float32", "exact"), "float32: certify the network as it "
+                      "computes in float32, rounding included (sound); exact: the published "
+                      "exact-arithmetic convention, for comparison only.", **d)
     flags.DEFINE_string("output", None, "JSON output path (default: certify.json beside the model; "
                         "'' = none; '-' = print the JSON).", **d)
     flags.DEFINE_integer("batch_size", 256, "Inference batch size.", lower_bound=1, **d)
@@ -106,8 +110,8 @@ def load_model(path):
     return keras.saving.load_model(path, compile=False)
 
 
-def test_logits(model, cfg):
-    """(clean logits float64 (N, m), labels int (N,)) over the test split."""
+def test_certificate(model, cfg, bound, arithmetic="float32"):
+    """(margins.MarginCertificate, labels int (N,), info) over the test split."""
     import numpy as np
 
     from gloro_keras.train import data
@@ -124,11 +128,13 @@ def test_logits(model, cfg):
     if cfg.get("test_examples"):
         test = test.take(cfg["test_examples"])
     ds = data.make_pipeline(test, cfg["batch_size"], training=False, info=info)
-    logits, labels = [], []
+    from gloro_keras.models.margins import MarginCertificate
+
+    parts, labels = [], []
     for x, y in ds.as_numpy_iterator():
-        logits.append(np.asarray(model.network.predict_on_batch(x), dtype=np.float64))
+        parts.append(model.margin_certificate(x, bound, arithmetic, batch_size=cfg["batch_size"]))
         labels.append(np.asarray(y).reshape(-1))
-    return np.concatenate(logits), np.concatenate(labels).astype(np.int64), info
+    return MarginCertificate.concatenate(parts), np.concatenate(labels).astype(np.int64), info
 
 
 def _stats(values):
@@ -141,25 +147,23 @@ def _stats(values):
     return out
 
 
-def certify_logits(logits, labels, kmat, epsilon):
-    """Certification statistics from clean logits and the margin-bound matrix."""
+def certify_logits(cert, labels, epsilon):
+    """Certification statistics from a margins.MarginCertificate and the labels."""
     import numpy as np
 
-    from gloro_keras.models import margins
-
-    m = logits.shape[1]
-    pred = np.argmax(np.where(np.isfinite(logits), logits, -np.inf), axis=1)
-    cert = margins.certify_np(logits, kmat, epsilon)
-    radius = margins.certified_radius_np(logits, kmat)
-    correct = pred == labels
+    m = cert.num_classes
+    pred = cert.predicted
+    certified = cert.certify(epsilon)
+    radius = cert.radius()
+    correct = (pred == labels) & cert.valid
     robust_radius = np.where(correct, radius, 0.0)
     return dict(
         num_examples=int(len(labels)),
         epsilon=float(epsilon),
         clean_acc=float(np.mean(correct)),
-        vra=float(np.mean(cert == labels)),
-        rejection_rate=float(np.mean(cert == m)),
-        certified_fraction=float(np.mean(cert != m)),
+        vra=float(np.mean(certified == labels)),
+        rejection_rate=float(np.mean(certified == m)),
+        certified_fraction=float(np.mean(certified != m)),
         radius=_stats(radius),
         correct_radius=_stats(robust_radius),
         vra_at={f"{c:g}x": float(np.mean(robust_radius > c * epsilon)) for c in CURVE},
@@ -183,7 +187,7 @@ def _test_images(cfg, n):
     return np.concatenate(xs), np.concatenate(ys).astype(np.int64)
 
 
-def extra_evaluations(model, logits, labels, cfg, kmat, eps):
+def extra_evaluations(model, cert, labels, cfg, kmat, eps):
     """PGD accuracy, margin-Lipschitz lower bound and soundness self-check (by flags)."""
     import numpy as np
 
@@ -194,7 +198,8 @@ def extra_evaluations(model, logits, labels, cfg, kmat, eps):
     n = cfg.get("attack_examples") or 0
     x, y = _test_images(cfg, n)
     out = {"attack_examples": int(len(y))}
-    cert = margins.certify_np(logits[: len(y)], kmat, eps)
+    radius = cert.radius()[: len(y)]
+    cert = cert.certify(eps)[: len(y)]
     out["vra_on_attack_examples"] = float(np.mean(cert == y))
     if cfg.get("attack"):
         from gloro_keras.attacks import pgd_l2
@@ -211,7 +216,6 @@ def extra_evaluations(model, logits, labels, cfg, kmat, eps):
     if cfg.get("soundness_check"):
         from gloro_keras.attacks import soundness_check
 
-        radius = margins.certified_radius_np(logits[: len(y)], kmat)
         idx = np.flatnonzero(cert < model.num_classes)
         rep = soundness_check(model.network, x[idx], cert[idx], radius[idx], batch_size=cfg["batch_size"])
         out["soundness_checked"] = int(rep.num_checked)
@@ -219,7 +223,7 @@ def extra_evaluations(model, logits, labels, cfg, kmat, eps):
     return out
 
 
-def write_plots(logits, labels, kmat, eps, folder):
+def write_plots(cert, labels, eps, folder):
     """certified_accuracy.png and radius_histogram.png in `folder`; returns their paths."""
     import numpy as np
 
@@ -227,8 +231,8 @@ def write_plots(logits, labels, kmat, eps, folder):
     from gloro_keras.models import margins
 
     os.makedirs(folder, exist_ok=True)
-    radius = margins.certified_radius_np(logits, kmat)
-    correct = np.argmax(np.where(np.isfinite(logits), logits, -np.inf), axis=1) == labels
+    radius = cert.radius()
+    correct = (cert.predicted == labels) & cert.valid
     return {
         "certified_accuracy_png": plots.plot_certified_accuracy(
             radius, correct, os.path.join(folder, "certified_accuracy.png"), epsilon=eps),
@@ -239,13 +243,17 @@ def write_plots(logits, labels, kmat, eps, folder):
 
 def certify(cfg):
     """Run the certification described by `cfg` (dict of the flag values); returns the report."""
+    from gloro_keras.models.margins import check_epsilon
+
+    if cfg.get("epsilon") is not None:
+        try:
+            cfg = dict(cfg, epsilon=check_epsilon(cfg["epsilon"], "--epsilon"))
+        except ValueError as e:
+            raise CertifyError(str(e)) from None
     cfg = resolve(cfg)
     started = time.time()
     model = load_model(cfg["model"])
-    eps = model.epsilon if cfg.get("epsilon") is None else float(cfg["epsilon"])
-    t0 = time.time()
-    logits, labels, info = test_logits(model, cfg)
-    t_logits = time.time() - t0
+    eps = model.epsilon if cfg.get("epsilon") is None else cfg["epsilon"]
     t0 = time.time()
     bound = cfg["bound"]
     try:
@@ -259,13 +267,17 @@ def certify(cfg):
         k = model.lipschitz_bound(bound)
     kmat = model.margin_bound_matrix(bound)
     t_bound = time.time() - t0
-    report = dict(model=os.path.abspath(cfg["model"]), dataset=info.name, bound=bound, lipschitz_bound=float(k))
-    report.update(certify_logits(logits, labels, kmat, eps))
-    report.update(extra_evaluations(model, logits, labels, cfg, kmat, eps))
+    t0 = time.time()
+    cert, labels, info = test_certificate(model, cfg, bound, cfg.get("arithmetic") or "float32")
+    t_logits = time.time() - t0
+    report = dict(model=os.path.abspath(cfg["model"]), dataset=info.name, bound=bound, lipschitz_bound=float(k),
+                  arithmetic=cfg.get("arithmetic") or "float32")
+    report.update(certify_logits(cert, labels, eps))
+    report.update(extra_evaluations(model, cert, labels, cfg, kmat, eps))
     if cfg.get("plots", True):
         out = cfg.get("output")
         folder = os.path.dirname(os.path.abspath(out)) if out and out != "-" else os.path.dirname(os.path.abspath(cfg["model"]))
-        report["files"] = write_plots(logits, labels, kmat, eps, folder)
+        report["files"] = write_plots(cert, labels, eps, folder)
     report["seconds"] = dict(logits=t_logits, bound=t_bound, total=time.time() - started)
     return report
 
@@ -275,7 +287,7 @@ def format_report(r):
         f"model            {r['model']}",
         f"data             {r['dataset']} ({r['num_examples']} test examples)",
         f"epsilon          {r['epsilon']:.6g}",
-        f"bound            {r['bound']}: K = {r['lipschitz_bound']:.6g}",
+        f"bound            {r['bound']}: K = {r['lipschitz_bound']:.6g} ({r.get('arithmetic', 'float32')} arithmetic)",
         f"clean accuracy   {100 * r['clean_acc']:.2f}%",
         f"VRA              {100 * r['vra']:.2f}%",
         f"rejection rate   {100 * r['rejection_rate']:.2f}%",
@@ -303,7 +315,7 @@ def main(argv):
     from gloro_keras.train.data import DataNotFoundError
 
     cfg = {name: FLAGS[name].value for name in
-           ("model", "dataset", "data_dir", "epsilon", "bound", "output", "batch_size", "test_examples",
+           ("model", "dataset", "data_dir", "epsilon", "bound", "arithmetic", "output", "batch_size", "test_examples",
             "subset_classes", "subset_seed", "attack", "attack_steps", "attack_restarts",
             "attack_examples", "lower_bound", "soundness_check", "plots")}
     try:

@@ -186,6 +186,12 @@ def validate_config(cfg):
         cfg["loss"] = "gloro_crossentropy"
     if cfg["width"] % 2:
         raise ConfigError(f"width must be even; got {cfg['width']}")
+    from gloro_keras.models.margins import check_epsilon
+
+    try:
+        cfg["epsilon"] = check_epsilon(cfg["epsilon"], "--epsilon")
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     if cfg["model_dir"] is None:
         stem = cfg.get("preset") or os.path.splitext(os.path.basename(str(cfg["dataset"])))[0]
         cfg["model_dir"] = os.path.join("runs", f"{stem}_{cfg['arch']}_L{cfg['depth']}W{cfg['width']}")
@@ -448,7 +454,11 @@ def main(argv):
         for name in presets_lib.list_presets():
             print(name)
         return 0
-    cfg = config_from_flags(FLAGS)
+    try:
+        cfg = config_from_flags(FLAGS)
+    except ConfigError as e:
+        print(f"gloro-train: error: {e}", file=sys.stderr)
+        return 2
     if cfg["strategy"] != "default":
         import keras
 

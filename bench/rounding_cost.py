@@ -1,0 +1,68 @@
+"""VRA and certify time with and without the float32 rounding terms (issue: certificates that
+hold for the network as it actually computes).
+
+    python bench/rounding_cost.py --model=runs/quickstart/model.keras            # shipped sample
+    python bench/rounding_cost.py --model=m.keras --data=../shared/data/cifar10-jpeg.npz
+
+Prints, per arithmetic ("exact": the published convention; "float32": the default), the VRA
+at the model's ε with the sound bound, and the wall time of `certify` over the test images,
+measured in alternation (`--rounds`), as a ratio.
+"""
+import argparse
+import json
+import time
+
+import numpy as np
+
+
+def load_test(path, limit):
+    if path is None:
+        from gloro_keras.train.data import sample_path
+
+        path = sample_path()
+    d = np.load(path)
+    x = d["x_test"].astype("float32") / 255.0
+    if x.ndim == 3:
+        x = x[..., None]
+    y = d["y_test"].reshape(-1).astype(np.int64)
+    return (x[:limit], y[:limit]) if limit else (x, y)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--data", default=None, help=".npz with x_test/y_test (default: the shipped MNIST sample)")
+    ap.add_argument("--limit", type=int, default=10000)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--batch_size", type=int, default=256)
+    args = ap.parse_args()
+
+    import keras
+
+    import gloro_keras  # noqa: F401  (registers the classes)
+
+    model = keras.models.load_model(args.model)
+    x, y = load_test(args.data, args.limit)
+    eps = model.epsilon
+    out = {"model": args.model, "examples": int(len(y)), "epsilon": eps}
+    model.lipschitz_bound("sound")  # cached: the timings below measure certification only
+    for ar in ("exact", "float32"):
+        cert = model.margin_certificate(x, arithmetic=ar, batch_size=args.batch_size)
+        pred = cert.certify(eps)
+        out[f"vra_{ar}"] = float(np.mean(pred == y))
+        out[f"certified_{ar}"] = float(np.mean(pred < model.num_classes))
+        out[f"median_radius_{ar}"] = float(np.median(cert.radius()))
+    out["clean"] = float(np.mean(cert.predicted == y))
+    times = {"exact": [], "float32": []}
+    for _ in range(args.rounds):
+        for ar in times:
+            t = time.perf_counter()
+            model.certify(x, arithmetic=ar, batch_size=args.batch_size)
+            times[ar].append(time.perf_counter() - t)
+    out["certify_seconds"] = {k: float(np.median(v)) for k, v in times.items()}
+    out["time_ratio_float32_over_exact"] = out["certify_seconds"]["float32"] / out["certify_seconds"]["exact"]
+    print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()
