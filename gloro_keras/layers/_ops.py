@@ -75,3 +75,20 @@ def conv_kernel_vjp(x, g, kernel_size, strides, pads):
             xs = x[:, i : i + sh * (ho - 1) + 1 : sh, j : j + sw * (wo - 1) + 1 : sw, :]
             taps.append(ops.matmul(ops.transpose(ops.reshape(xs, (-1, cin))), g2))
     return ops.reshape(ops.stack(taps, axis=0), (kh, kw, cin, cout))
+
+
+def float64_available():
+    """Whether float64 arithmetic really runs in float64 (JAX needs `jax_enable_x64`)."""
+    import keras
+
+    if keras.backend.backend() == "jax":
+        import jax
+
+        return bool(jax.config.jax_enable_x64)
+    return True
+
+
+def accumulate_float64(training, enabled, compute_dtype):
+    """Whether an inference call should accumulate its products in float64 (see layers'
+    `float64_inference`): not when training, nor when float64 is not available."""
+    return bool(enabled) and not training and compute_dtype == "float32" and float64_available()

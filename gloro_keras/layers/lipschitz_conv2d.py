@@ -2,7 +2,7 @@
 import keras
 from keras import ops
 
-from gloro_keras.layers._ops import as_pair, conv_kernel_vjp, normalize_padding
+from gloro_keras.layers._ops import accumulate_float64, as_pair, conv_kernel_vjp, normalize_padding
 from gloro_keras.layers.lipschitz_layer import LipschitzLayer
 
 
@@ -24,6 +24,9 @@ class LipschitzConv2D(LipschitzLayer):
         use_bias: add a bias (does not change the bound).
         kernel_initializer: default 'orthogonal'.
         power_iterations: steps per training call (default 10).
+        float64_inference: in inference calls of a float32 layer, convolve in float64 and
+            round to float32 once (tighter certificates; see `LipschitzDense`). Default: True
+            for strided convolutions (stem, neck: cheap), False for stride 1.
 
     Example:
     >>> stem = LipschitzConv2D(128, 5, strides=2, padding=2)   # 32×32 → 16×16
@@ -39,6 +42,7 @@ class LipschitzConv2D(LipschitzLayer):
         kernel_initializer="orthogonal",
         bias_initializer="zeros",
         power_iterations=10,
+        float64_inference=None,
         **kwargs,
     ):
         super().__init__(power_iterations=power_iterations, **kwargs)
@@ -47,6 +51,7 @@ class LipschitzConv2D(LipschitzLayer):
             raise ValueError(f"filters must be positive; got {filters}")
         self.kernel_size = as_pair(kernel_size, "kernel_size")
         self.strides = as_pair(strides, "strides")
+        self.float64_inference = (self.strides != (1, 1)) if float64_inference is None else bool(float64_inference)
         # Strings/ints resolve at build (they depend on the input size); pairs now.
         self.padding = (
             padding if isinstance(padding, (str, int)) else normalize_padding(padding, None, None, None)
@@ -117,7 +122,12 @@ class LipschitzConv2D(LipschitzLayer):
     def linear_kernel(self):
         return self.kernel
 
-    def call(self, x):
+    def call(self, x, training=None):
+        if accumulate_float64(training, self.float64_inference, self.compute_dtype):
+            y = self.apply_linear(ops.cast(x, "float64"), ops.cast(self.kernel, "float64"))
+            if self.bias is not None:
+                y = y + ops.cast(self.bias, "float64")
+            return ops.cast(y, self.compute_dtype)
         y = self.apply_linear(x, self.kernel)
         if self.bias is not None:
             y = y + self.bias
@@ -154,6 +164,7 @@ class LipschitzConv2D(LipschitzLayer):
                 "strides": self.strides,
                 "padding": self.padding,
                 "use_bias": self.use_bias,
+                "float64_inference": self.float64_inference,
                 "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
                 "bias_initializer": keras.initializers.serialize(self.bias_initializer),
             }

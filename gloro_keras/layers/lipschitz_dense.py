@@ -2,6 +2,7 @@
 import keras
 from keras import ops
 
+from gloro_keras.layers._ops import accumulate_float64
 from gloro_keras.layers.lipschitz_layer import LipschitzLayer
 
 
@@ -17,6 +18,11 @@ class LipschitzDense(LipschitzLayer):
         use_bias: add a bias.
         kernel_initializer: default 'orthogonal'.
         power_iterations: steps per training call (default 10).
+        float64_inference: in inference calls (training falsy) of a float32 layer, accumulate
+            `x W + b` in float64 and round the result to float32 once: the float32 products
+            are exact in float64, so the rounding error is ≤ 2⁻²⁴·(|x||W| + |b|) instead of
+            γ_n·(|x||W| + |b|), which keeps certificates tight (docs/soundness.md). Training
+            calls are unchanged. Default True.
 
     Example:
     >>> neck = LipschitzDense(512)
@@ -29,9 +35,11 @@ class LipschitzDense(LipschitzLayer):
         kernel_initializer="orthogonal",
         bias_initializer="zeros",
         power_iterations=10,
+        float64_inference=True,
         **kwargs,
     ):
         super().__init__(power_iterations=power_iterations, **kwargs)
+        self.float64_inference = bool(float64_inference)
         self.units = int(units)
         if self.units <= 0:
             raise ValueError(f"units must be positive; got {units}")
@@ -74,7 +82,12 @@ class LipschitzDense(LipschitzLayer):
         """(features, classes) matrix W of the logits `xW + b` (used when this is a head)."""
         return self.kernel
 
-    def call(self, x):
+    def call(self, x, training=None):
+        if accumulate_float64(training, self.float64_inference, self.compute_dtype):
+            y = ops.matmul(ops.cast(x, "float64"), ops.cast(self.kernel, "float64"))
+            if self.bias is not None:
+                y = y + ops.cast(self.bias, "float64")
+            return ops.cast(y, self.compute_dtype)
         y = ops.matmul(x, self.kernel)
         if self.bias is not None:
             y = y + self.bias
@@ -94,6 +107,7 @@ class LipschitzDense(LipschitzLayer):
             {
                 "units": self.units,
                 "use_bias": self.use_bias,
+                "float64_inference": self.float64_inference,
                 "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
                 "bias_initializer": keras.initializers.serialize(self.bias_initializer),
             }

@@ -2,6 +2,7 @@
 import math
 
 import keras
+import numpy as np
 from keras import ops
 
 from gloro_keras.layers._ops import conv_kernel_vjp
@@ -10,12 +11,17 @@ from gloro_keras.layers.lipschitz_layer import LipschitzLayer
 
 @keras.saving.register_keras_serializable(package="gloro_keras")
 class LiResNetBlock(LipschitzLayer):
-    """`y = x + (1/√L)·β ⊙ Conv_V(x) + b`, computed as ONE 'same' convolution.
+    """`y = x + (1/√L)·β ⊙ Conv_V(x) + b`, computed as ONE 'same' convolution in training.
 
-    The merged kernel is `K = Δ + (1/√L)·V·diag(β)` with Δ the identity kernel (1 at the
-    centre tap for channel i→i). The block is linear, so its Lipschitz constant is ‖K‖₂
+    The merged kernel is `K = Δ + R`, `R = (1/√L)·V·diag(β)`, with Δ the identity kernel (1 at
+    the centre tap for channel i→i). The block is linear, so its Lipschitz constant is ‖K‖₂
     of the merged operator (tracked by power iteration), which is much tighter than the
     `1 + ‖branch‖` bound of a conventional residual block.
+
+    Inference calls (training falsy) compute the same function as `x + Conv_R(x) + b`: one
+    convolution with R and an addition. Its float32 rounding error is ≤ γ_n·|R||x| + γ₂·(|x| +
+    |R||x| + |b|) instead of γ_n·|K||x|, so certificates lose far less to rounding
+    (docs/soundness.md); the sound bound is taken of Δ + R exactly, in float64.
 
     Args:
         num_blocks: L, the number of blocks in the backbone (sets the 1/√L scale).
@@ -71,9 +77,12 @@ class LiResNetBlock(LipschitzLayer):
         eye = ops.eye(self.width, dtype=self.residual_kernel.dtype)[None, None]
         return ops.pad(eye, ((c, c), (c, c), (0, 0), (0, 0)))
 
+    def residual_merged_kernel(self):
+        """R = V·β/√L, the kernel of the residual branch."""
+        return self.residual_kernel * (self.beta / math.sqrt(self.num_blocks))
+
     def linear_kernel(self):
-        scale = self.beta / math.sqrt(self.num_blocks)
-        return self.identity_kernel() + self.residual_kernel * scale
+        return self.identity_kernel() + self.residual_merged_kernel()
 
     def apply_linear(self, u, kernel):
         return ops.conv(u, kernel, strides=1, padding="same")
@@ -85,8 +94,11 @@ class LiResNetBlock(LipschitzLayer):
         k, p = self.kernel_size, (self.kernel_size - 1) // 2
         return conv_kernel_vjp(x, g, (k, k), (1, 1), ((p, p), (p, p)))
 
-    def call(self, x):
-        y = self.apply_linear(x, self.linear_kernel())
+    def call(self, x, training=None):
+        if training:
+            y = self.apply_linear(x, self.linear_kernel())
+        else:
+            y = x + self.apply_linear(x, self.residual_merged_kernel())
         if self.bias is not None:
             y = y + self.bias
         return y
@@ -97,9 +109,11 @@ class LiResNetBlock(LipschitzLayer):
     def sound_lipschitz_bound(self):
         from gloro_keras.bounds import conv2d_spectral_bound
 
-        p = (self.kernel_size - 1) // 2
+        p, c = (self.kernel_size - 1) // 2, self.width
+        kernel = ops.convert_to_numpy(self.residual_merged_kernel()).astype("float64")
+        kernel[p, p] += np.eye(c)  # Δ + R in float64: the function inference computes
         return conv2d_spectral_bound(
-            ops.convert_to_numpy(self.linear_kernel()).astype("float64"),
+            kernel,
             tuple(self.iterate.shape[1:3]), strides=(1, 1), padding=((p, p), (p, p)),
         )
 

@@ -2,7 +2,9 @@
 import keras
 from keras import ops
 
-from gloro_keras.layers._ops import safe_norm
+import numpy as np
+
+from gloro_keras.layers._ops import TINY, accumulate_float64, safe_norm
 
 
 @keras.saving.register_keras_serializable(package="gloro_keras")
@@ -16,13 +18,17 @@ class LLNDense(keras.layers.Layer):
     Args:
         units: number of classes.
         use_bias: add a bias.
+        float64_inference: in inference calls of a float32 layer, normalize the columns and
+            accumulate in float64, rounding the logits to float32 once (tighter certificates;
+            see `LipschitzDense`). Default True.
 
     Example:
     >>> head = LLNDense(10)
     """
 
-    def __init__(self, units, use_bias=True, kernel_initializer="glorot_uniform", **kwargs):
+    def __init__(self, units, use_bias=True, kernel_initializer="glorot_uniform", float64_inference=True, **kwargs):
         super().__init__(**kwargs)
+        self.float64_inference = bool(float64_inference)
         self.units = int(units)
         if self.units < 2:
             raise ValueError(f"LLNDense needs at least 2 classes; got units={units}")
@@ -47,7 +53,19 @@ class LLNDense(keras.layers.Layer):
         """Column-normalized kernel Ŵ (features, classes)."""
         return self.kernel / safe_norm(self.kernel, axis=0, keepdims=True)
 
-    def call(self, x):
+    def margin_kernel_np(self):
+        """Ŵ in float64 numpy (the reference the certification bounds use)."""
+        w = np.asarray(ops.convert_to_numpy(self.kernel), dtype=np.float64)
+        return w / np.sqrt(np.maximum(np.sum(w * w, axis=0, keepdims=True), TINY))
+
+    def call(self, x, training=None):
+        if accumulate_float64(training, self.float64_inference, self.compute_dtype):
+            w = ops.cast(self.kernel, "float64")
+            w = w / ops.sqrt(ops.maximum(ops.sum(ops.square(w), axis=0, keepdims=True), TINY))
+            y = ops.matmul(ops.cast(x, "float64"), w)
+            if self.bias is not None:
+                y = y + ops.cast(self.bias, "float64")
+            return ops.cast(y, self.compute_dtype)
         y = ops.matmul(x, self.margin_kernel())
         if self.bias is not None:
             y = y + self.bias
@@ -62,6 +80,7 @@ class LLNDense(keras.layers.Layer):
             {
                 "units": self.units,
                 "use_bias": self.use_bias,
+                "float64_inference": self.float64_inference,
                 "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
             }
         )

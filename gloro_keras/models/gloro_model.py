@@ -9,12 +9,14 @@ from keras import ops
 
 from gloro_keras.models import margins, rounding
 from gloro_keras.models.kernel_precision import full_precision_kernels
-from gloro_keras.models.network_analysis import analyze, head_kernel
+from gloro_keras.models.network_analysis import analyze, head_kernel, head_kernel_np
 
 BOUNDS = ("sound", "power", "current")
 # "float32": certify the network as it computes in float32 (rounding included; the default).
 # "exact": the published convention, exact arithmetic (for comparison only).
-ARITHMETICS = ("float32", "exact")
+# "float64": certify the float64 twin of the network (`float64_network()`), for deployments
+# that can run inference in float64.
+ARITHMETICS = ("float32", "float64", "exact")
 _BIG = 1e30
 
 
@@ -169,6 +171,7 @@ class GloroModel(keras.Model):
         object.__setattr__(self, "_rounding", analysis)
         object.__setattr__(self, "_rounding_unsupported", unsupported)
         object.__setattr__(self, "_probe", None)
+        object.__setattr__(self, "_twin", None)
         self._rounding_params = self.add_weight(
             name="rounding_params", shape=(max(analysis.num_params if analysis else 0, 1),),
             initializer="zeros", trainable=False, dtype="float32", autocast=False,
@@ -281,6 +284,7 @@ class GloroModel(keras.Model):
         cover the float32 difference between this evaluation and certify's).
         """
         an = self._rounding
+        self._check_input_shape(inputs.shape)
         logits, cs, ch = an.terms(inputs)
         logits = ops.cast(logits, "float32")
         w = ops.cast(head_kernel(self._plan.head), "float32")
@@ -316,6 +320,13 @@ class GloroModel(keras.Model):
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], self.num_classes + 1)
+
+    def _check_input_shape(self, shape):
+        expected = tuple(self.network.input_shape[1:])
+        got = tuple(shape[1:])
+        if len(got) != len(expected) or any(e is not None and g is not None and e != g for e, g in zip(expected, got)):
+            raise ValueError(f"{self.name} expects inputs of shape (batch, {', '.join(map(str, expected))}); "
+                             f"received shape {tuple(shape)}.")
 
     # -- training --------------------------------------------------------------------
     def compile(self, optimizer="rmsprop", loss=None, metrics=None, jit_compile=None, **kwargs):
@@ -445,7 +456,7 @@ class GloroModel(keras.Model):
 
     def margin_bound_matrix(self, bound="sound"):
         """float64 (m, m) matrix K_ij bounding the Lipschitz constant of y_i − y_j."""
-        w = ops.convert_to_numpy(head_kernel(self._plan.head))
+        w = head_kernel_np(self._plan.head)
         return self.lipschitz_bound(bound) * margins.pairwise_distances_np(w)
 
     def update_bound_cache(self, bound="sound"):
@@ -498,8 +509,62 @@ class GloroModel(keras.Model):
 
     def _probe_model(self):
         if self._probe is None:
-            object.__setattr__(self, "_probe", _RoundingProbe(self))
+            object.__setattr__(self, "_probe", _RoundingProbe(self.network, self._rounding))
         return self._probe
+
+    def float64_network(self):
+        """The network with the same weights computing in float64 (a new keras.Model, rebuilt
+        when the weights change). `certify(..., arithmetic="float64")` certifies it: deploy it
+        (its `predict`) to get predictions those certificates are about."""
+        key = self._fingerprint() + hashlib.blake2b(
+            b"".join(np.ascontiguousarray(ops.convert_to_numpy(w)).tobytes() for w in self.network.weights),
+            digest_size=8).hexdigest()
+        if self._twin is None or self._twin[0] != key:
+            if keras.backend.backend() == "jax":
+                import jax
+
+                if not jax.config.jax_enable_x64:
+                    raise ValueError("float64 inference on JAX needs jax.config.update('jax_enable_x64', True).")
+            config = _with_dtype(self.network.get_config(), "float64")
+            twin = self.network.__class__.from_config(config)
+            twin.set_weights([np.asarray(w, np.float64) for w in self.network.get_weights()])
+            plan = analyze(twin)
+            # inputs may reach it through float32 (Keras data adapters): round them as float32
+            analysis = rounding.RoundingAnalysis(plan.layers, plan.head, int(np.prod(twin.input_shape[1:])),
+                                                 unit_roundoff=rounding.U64, input_roundoff=rounding.U32)
+            object.__setattr__(self, "_twin", (key, twin, plan, analysis, _RoundingProbe(twin, analysis), {}))
+        return self._twin[1]
+
+    def _float64_certificate(self, x, bound, batch_size):
+        if bound != "sound":
+            raise ValueError(f"arithmetic='float64' certifies with the sound bound only; got bound={bound!r}")
+        self.float64_network()
+        _, twin, plan, an, probe, cache = self._twin
+
+        def value(layer):
+            if id(layer) not in cache:
+                cache[id(layer)] = float(layer.sound_lipschitz_bound())
+            return cache[id(layer)]
+
+        def value_abs(layer, compute):
+            if ("abs", id(layer)) not in cache:
+                cache[("abs", id(layer))] = float(compute())
+            return cache[("abs", id(layer))]
+
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(limits=1, user_api="blas"):
+            params = an.params(value, lambda layer, compute: value_abs(layer, compute))
+            k = plan.constant * (1.0 + margins.FLOAT64_SAFETY)
+            for layer in plan.bounded:
+                k *= value(layer)
+        out = np.asarray(probe.predict(np.asarray(x, np.float64), batch_size=batch_size, verbose=0), np.float64)
+        m = self.num_classes
+        logits, cs, ch = out[:, :m], out[:, m:-m], out[:, -m:]
+        w_ref = head_kernel_np(plan.head)
+        dist = margins.pairwise_distances_np(w_ref)
+        a, b = rounding.error_terms_np(an, list(cs.T), ch, params, w_ref, dist, margins.predicted_class(logits))
+        return margins.MarginCertificate.build(logits, k * dist, a, b)
 
     def margin_certificate(self, x, bound="sound", arithmetic="float32", batch_size=256):
         """Everything `certify` and `certified_radius` need, as a `margins.MarginCertificate`.
@@ -513,6 +578,10 @@ class GloroModel(keras.Model):
             raise ValueError(f"arithmetic must be one of {ARITHMETICS}; got {arithmetic!r}")
         if bound not in BOUNDS:
             raise ValueError(f"bound must be one of {BOUNDS}; got {bound!r}")
+        x = np.asarray(x)
+        self._check_input_shape(x.shape)
+        if arithmetic == "float64":
+            return self._float64_certificate(x, bound, batch_size)
         kmat = self.margin_bound_matrix(bound)
         if arithmetic == "exact":
             return margins.MarginCertificate.build(self.predict_logits(x, batch_size), kmat)
@@ -524,7 +593,7 @@ class GloroModel(keras.Model):
             out = np.asarray(self._probe_model().predict(x, batch_size=batch_size, verbose=0), dtype=np.float64)
         m = self.num_classes
         logits, cs, ch = out[:, :m], out[:, m:-m], out[:, -m:]
-        w_ref = ops.convert_to_numpy(head_kernel(self._plan.head))
+        w_ref = head_kernel_np(self._plan.head)
         pred = margins.predicted_class(logits)
         a, b = rounding.error_terms_np(an, list(cs.T), ch, params, w_ref, margins.pairwise_distances_np(w_ref), pred)
         return margins.MarginCertificate.build(logits, kmat, a, b)
@@ -602,15 +671,29 @@ class GloroModel(keras.Model):
 GloroNet = GloroModel
 
 
+def _with_dtype(config, dtype):
+    """A copy of a (nested) model config with every layer's dtype set to `dtype`."""
+    if isinstance(config, dict):
+        out = {k: _with_dtype(v, dtype) for k, v in config.items()}
+        if "dtype" in out and "name" in out:
+            out["dtype"] = dtype
+        return out
+    if isinstance(config, list):
+        return [_with_dtype(v, dtype) for v in config]
+    return config
+
+
 class _RoundingProbe(keras.Model):
     """Batched per-input terms of the rounding analysis: [logits, centre terms, head terms]."""
 
-    def __init__(self, gloro):
-        super().__init__(name=f"{gloro.name}_rounding_probe", dtype="float32")
-        self.network = gloro.network
-        object.__setattr__(self, "_analysis", gloro._rounding)
+    def __init__(self, network, analysis):
+        dtype = network.dtype_policy.compute_dtype
+        super().__init__(name=f"{network.name}_rounding_probe", dtype=dtype)
+        self.network = network
+        object.__setattr__(self, "_analysis", analysis)
+        object.__setattr__(self, "_dtype", dtype)
         self.built = True
 
     def call(self, x):
-        logits, cs, ch = self._analysis.terms(x)
-        return ops.concatenate([ops.cast(logits, "float32"), ops.stack(cs, axis=-1), ch], axis=-1)
+        logits, cs, ch = self._analysis.terms(ops.cast(x, self._dtype))
+        return ops.concatenate([ops.cast(logits, self._dtype), ops.stack(cs, axis=-1), ch], axis=-1)

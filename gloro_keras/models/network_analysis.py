@@ -123,6 +123,13 @@ def head_kernel(layer):
     return layer.kernel
 
 
+def head_kernel_np(layer):
+    """(features, classes) float64 numpy matrix of a linear head (the certification reference)."""
+    if hasattr(layer, "margin_kernel_np"):
+        return layer.margin_kernel_np()
+    return np.asarray(keras.ops.convert_to_numpy(head_kernel(layer)), dtype=np.float64)
+
+
 def _is_head(layer):
     if hasattr(layer, "margin_kernel"):
         return True

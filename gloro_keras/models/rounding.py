@@ -35,7 +35,7 @@ from keras import ops
 
 from gloro_keras.bounds import conv2d_spectral_bound, dense_spectral_bound
 from gloro_keras.layers import LipschitzConv2D, LipschitzDense, LiResNetBlock, LLNDense, MinMax, ResNetBlock
-from gloro_keras.layers.lipschitz_layer import LipschitzLayer
+from gloro_keras.layers._ops import accumulate_float64
 
 U32 = 2.0 ** -24  # unit roundoff of float32, round to nearest
 U64 = 2.0 ** -53
@@ -73,6 +73,7 @@ class _Step:
     `params(value, absnorm)` → floats; `propagate(state, cs, p)` → new state."""
 
     num_params = 0
+    num_centre_terms = 0
 
     def params(self, value, absnorm):
         return []
@@ -99,16 +100,27 @@ def _linear_update(s, c, spec, absn, g, eta):
     return a2, b2, lip * spec
 
 
+def _float64_accumulation(layer, u):
+    """Relative error g of a float32 layer that accumulates in float64 at inference
+    (`float64_inference`): float32 products are exact in float64, the float64 sum of n terms is
+    within γ_n(2⁻⁵³), and the result is rounded to float32 once; None if it does not."""
+    if u < U32 or not accumulate_float64(False, getattr(layer, "float64_inference", False), layer.compute_dtype):
+        return None
+    return lambda n: U32 * (1.0 + gamma(n, U64)) + gamma(n, U64)
+
+
 class _Linear(_Step):
     """z = A a + b with |fl(z) − (A_ref a + b)| ≤ g·(A_abs|a| + |b|) + η componentwise.
 
     abs_fn(|h|) computes A_abs|h| + |b|; `norms(value, absnorm)` gives (‖A_ref‖, ‖A_abs‖, η)."""
 
     num_params = 3
+    num_centre_terms = 1
 
     def __init__(self, layer, fan_in, out_numel, u, tiny, tau=0.0, abs_fn=None, call=None, norms=None):
         self.layer = layer
-        self.g = gamma(fan_in, u) * (1.0 + tau) + tau
+        f64 = _float64_accumulation(layer, u)
+        self.g = (f64(fan_in) if f64 else gamma(fan_in, u)) * (1.0 + tau) + tau
         self.fan_in, self.out_numel, self.u, self.tiny = fan_in, out_numel, u, tiny
         self.abs_fn, self.call, self._norms = abs_fn, call or layer, norms
 
@@ -126,10 +138,64 @@ class _Linear(_Step):
         return _linear_update(s, cs[0], p[0], p[1], self.g, p[2])
 
 
+class _LinearResidual(_Step):
+    """LiResNet block at inference: y = x̂ + fl(R̃ ∗ x̂) + b (two additions).
+
+    |y − ((Δ + R̂)x̂ + b)| ≤ g_R·|R|∗|x̂| + g₂·(|x̂| + |R|∗|x̂| + |b|), with g_R covering the
+    n-term convolution and the re-evaluation of R = V·β/√L (τ = 2γ₃ relative to |V||β|/√L),
+    g₂ = γ₂·(1 + g_R) the two additions. Centre terms: ‖|R|∗|x̂|‖ and ‖|x̂| + |b|‖."""
+
+    num_params = 3
+    num_centre_terms = 2
+
+    def __init__(self, layer, u, tiny):
+        k, c = layer.kernel_size, layer.width
+        self.layer, self.u, self.tiny = layer, u, tiny
+        self.fan_in, self.out_numel = k * k * c, _numel(layer.output.shape)
+        tau = 2 * gamma(3, u)
+        self.g_r = gamma(self.fan_in, u) * (1.0 + tau) + tau
+        self.g_2 = gamma(2, u) * (1.0 + self.g_r)
+        self.scale = 1.0 / math.sqrt(layer.num_blocks)
+
+    def _r_abs(self):
+        return ops.abs(self.layer.residual_kernel) * (ops.abs(self.layer.beta) * self.scale) * (1.0 + gamma(4, self.u))
+
+    def _r_abs_np(self):
+        v = np.abs(ops.convert_to_numpy(self.layer.residual_kernel).astype("float64"))
+        beta = np.abs(ops.convert_to_numpy(self.layer.beta).astype("float64"))
+        return v * beta * self.scale * (1.0 + 4 * U64)
+
+    def forward(self, h):
+        y = self.layer(h)
+        ha = ops.abs(h)
+        c_r = _l2(self.layer.apply_linear(ha, self._r_abs()), self.out_numel, self.u) * (1.0 + gamma(self.fan_in + 2, self.u))
+        if self.layer.bias is not None:
+            ha = ha + ops.abs(self.layer.bias)
+        return y, [c_r, _l2(ha, self.out_numel, self.u)]
+
+    def params(self, value, absnorm):
+        layer = self.layer
+        p = (layer.kernel_size - 1) // 2
+        hw = tuple(int(d) for d in layer.iterate.shape[1:3])
+        r = self._r_abs_np()
+        absn = absnorm(layer, lambda: conv2d_spectral_bound(r, hw, strides=(1, 1), padding=((p, p), (p, p))))
+        eta = math.sqrt(self.out_numel) * (2 * self.fan_in + 6 + self.fan_in * float(np.max(r, initial=0.0))) * self.tiny
+        return [value(layer), absn, eta]
+
+    def propagate(self, s, cs, p):
+        a, b, lip = s
+        spec, absn, eta = p[0], p[1], p[2]
+        g_rr = self.g_r + self.g_2
+        a2 = a * spec + g_rr * (cs[0] + 2.0 * absn * a) + self.g_2 * (cs[1] + 2.0 * a) + eta
+        b2 = b * spec + (g_rr * absn + self.g_2) * (lip + b)
+        return a2, b2, lip * spec
+
+
 class _Residual(_Step):
     """ResNetBlock: x + β ⊙ Conv₂(MinMax(Conv₁(x))), each operation bounded in turn."""
 
     num_params = 9
+    num_centre_terms = 4
 
     def __init__(self, block, conv1, conv2, u, tiny):
         self.block, self.conv1, self.conv2, self.u, self.tiny = block, conv1, conv2, u, tiny
@@ -170,7 +236,8 @@ class _Head:
 
     def __init__(self, layer, kernel_fn, fan_in, u, tiny, tau=0.0):
         self.layer, self.kernel_fn = layer, kernel_fn
-        self.g = gamma(fan_in + 1, u) * (1.0 + tau) + tau
+        f64 = _float64_accumulation(layer, u)
+        self.g = (f64(fan_in + 1) if f64 else gamma(fan_in + 1, u)) * (1.0 + tau) + tau
         self.fan_in, self.u, self.tiny, self.tau = fan_in, u, tiny, tau
 
     def forward(self, h):
@@ -212,23 +279,7 @@ def _step_for(layer, u, tiny):
     L = keras.layers
     out_numel = _numel(layer.output.shape)
     if isinstance(layer, LiResNetBlock):
-        k, p, c = layer.kernel_size, (layer.kernel_size - 1) // 2, layer.width
-        scale = 1.0 / math.sqrt(layer.num_blocks)
-
-        def a_abs():  # |Δ| + |V|·|β|/√L, which bounds every float32 evaluation of the merged kernel
-            return layer.identity_kernel() + ops.abs(layer.residual_kernel) * (ops.abs(layer.beta) * scale)
-
-        def a_abs_np():
-            v = np.abs(ops.convert_to_numpy(layer.residual_kernel).astype("float64"))
-            beta = np.abs(ops.convert_to_numpy(layer.beta).astype("float64"))
-            eye = np.zeros((k, k, c, c))
-            eye[p, p] = np.eye(c)
-            return (eye + v * beta * scale) * (1.0 + 4 * U64)
-
-        hw = tuple(int(d) for d in layer.iterate.shape[1:3])
-        # two evaluations of Δ + V·(β/√L) (division, √L, product, sum) differ by ≤ 2γ₄·A_abs
-        return _Linear(layer, k * k * c + int(layer.use_bias), out_numel, u, tiny, tau=2 * gamma(4, u),
-                       abs_fn=_conv_abs(layer, a_abs), norms=_conv_norms(layer, a_abs_np, hw, (1, 1), ((p, p), (p, p))))
+        return _LinearResidual(layer, u, tiny)
     if isinstance(layer, LipschitzConv2D):
         kh, kw = layer.kernel_size
         cin = int(layer.kernel.shape[2])
@@ -314,9 +365,11 @@ def _step_for_sublayer(conv, input_shape, u, tiny):
 def _head_for(layer, u, tiny):
     din = int(layer.kernel.shape[0])
     if isinstance(layer, LLNDense):
-        # reference ŵ = w/‖w‖ as the bounds read it; another evaluation of the normalization
-        # (a d-term sum of squares, √, division) differs by at most γ_{d+5} relatively
-        return _Head(layer, layer.margin_kernel, din, u, tiny, tau=gamma(din + 5, u))
+        # reference ŵ = w/‖w‖ in float64 (`margin_kernel_np`, what the bounds read); an
+        # evaluation of the normalization (a d-term sum of squares, √, division) in the
+        # precision it runs in is within γ_{d+5} of it, relatively
+        run_u = U64 if _float64_accumulation(layer, u) else u
+        return _Head(layer, layer.margin_kernel, din, u, tiny, tau=gamma(din + 5, run_u))
     return _Head(layer, lambda: layer.kernel, din, u, tiny)
 
 
@@ -330,10 +383,12 @@ class RoundingAnalysis:
         unit_roundoff: u of the arithmetic the network runs in (2⁻²⁴ for float32).
     """
 
-    def __init__(self, body, head, input_numel, unit_roundoff=U32):
+    def __init__(self, body, head, input_numel, unit_roundoff=U32, input_roundoff=None):
         u = float(unit_roundoff)
         tiny = TINY32 if u >= U32 else TINY64
         self.u, self.tiny, self.input_numel = u, tiny, int(input_numel)
+        self.input_u = u if input_roundoff is None else float(input_roundoff)
+        self.input_tiny = TINY32 if self.input_u >= U32 else tiny
         self.steps = [_step_for(layer, u, tiny) for layer in body]
         self.head = _head_for(head, u, tiny)
         self.num_params = sum(s.num_params for s in self.steps)
@@ -364,11 +419,11 @@ class RoundingAnalysis:
     # -- recursion (numpy float64 or float32 tensors) ---------------------------------------
     def coefficients(self, cs, p, zeros):
         """α, β (per input) and L after the body; cs as from `terms`, p as from `params`."""
-        state = (self.u * cs[0] + math.sqrt(self.input_numel) * self.tiny, zeros + self.u, 1.0)
-        i = j = 1
+        state = (self.input_u * cs[0] + math.sqrt(self.input_numel) * self.input_tiny, zeros + self.input_u, 1.0)
+        i, j = 1, 0  # cs[0] is the input's norm
         for step in self.steps:
-            nc = 4 if isinstance(step, _Residual) else (1 if isinstance(step, _Linear) else 0)
-            state = step.propagate(state, cs[i : i + nc], p[j - 1 : j - 1 + step.num_params])
+            nc = step.num_centre_terms
+            state = step.propagate(state, cs[i : i + nc], p[j : j + step.num_params])
             i += nc
             j += step.num_params
         return state
