@@ -35,6 +35,9 @@ def main():
     ap.add_argument("--limit", type=int, default=10000)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--batch_size", type=int, default=256)
+    ap.add_argument("--float64_inference", default=None,
+                    help="comma-separated layer names to switch to float64 accumulation at inference "
+                         "(for models saved before the LiResNet builder did it: stem,neck_conv,neck_dense,head)")
     args = ap.parse_args()
 
     import keras
@@ -42,9 +45,18 @@ def main():
     import gloro_keras  # noqa: F401  (registers the classes)
 
     model = keras.models.load_model(args.model)
+    if args.float64_inference:
+        import gloro_keras as gk
+
+        for name in args.float64_inference.split(","):
+            model.network.get_layer(name).float64_inference = True
+        model = gk.GloroModel(model.network, epsilon=model.epsilon)  # re-analysed with the flags
+        out_note = f"float64 inference in {args.float64_inference}"
+    else:
+        out_note = None
     x, y = load_test(args.data, args.limit)
     eps = model.epsilon
-    out = {"model": args.model, "examples": int(len(y)), "epsilon": eps}
+    out = {"model": args.model, "examples": int(len(y)), "epsilon": eps, "note": out_note}
     model.lipschitz_bound("sound")  # cached: the timings below measure certification only
     for ar in ("exact", "float32"):
         cert = model.margin_certificate(x, arithmetic=ar, batch_size=args.batch_size)

@@ -322,3 +322,26 @@ def test_unsupported_layers_refuse_float32_certification_with_the_layer_name():
     with pytest.raises(ValueError, match="squash"):
         model.certify(np.zeros((1, 4), "float32"))
     assert model.certify(np.zeros((1, 4), "float32"), arithmetic="exact").shape == (1,)
+
+
+def test_float64_twin_certificates_hold_for_the_float64_network():
+    from gloro_keras.layers._ops import float64_available
+
+    if not float64_available():
+        pytest.skip("float64 is not enabled on this backend")
+    keras.utils.set_random_seed(5)
+    model = gk.GloroLiResNet(L=2, W=8, num_classes=5, input_shape=(12, 12, 3), epsilon=0.02, dense_width=16)
+    x = np.random.default_rng(0).uniform(0, 1, (64, 12, 12, 3)).astype("float32")
+    c32 = model.margin_certificate(x)
+    c64 = model.margin_certificate(x, arithmetic="float64")
+    r32, r64 = c32.radius(), c64.radius()
+    assert np.all(r64 >= r32 * (1 - 1e-6))  # float64 loses (almost) nothing to rounding
+    twin = model.float64_network()
+    y64 = np.asarray(twin.predict(x.astype(np.float64), verbose=0))
+    np.testing.assert_array_equal(np.argmax(y64, 1), c64.predicted)
+    # the twin follows the weights
+    layer = model._plan.bounded[0]
+    layer.kernel.assign(layer.kernel * 1.5)
+    assert model.float64_network() is not twin
+    with pytest.raises(ValueError, match="sound"):
+        model.certify(x, arithmetic="float64", bound="power")

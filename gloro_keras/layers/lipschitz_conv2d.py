@@ -25,8 +25,8 @@ class LipschitzConv2D(LipschitzLayer):
         kernel_initializer: default 'orthogonal'.
         power_iterations: steps per training call (default 10).
         float64_inference: in inference calls of a float32 layer, convolve in float64 and
-            round to float32 once (tighter certificates; see `LipschitzDense`). Default: True
-            for strided convolutions (stem, neck: cheap), False for stride 1.
+            round to float32 once (tighter certificates; see `LipschitzDense`). Default False;
+            the LiResNet builders turn it on for the stem and the neck (cheap there).
 
     Example:
     >>> stem = LipschitzConv2D(128, 5, strides=2, padding=2)   # 32×32 → 16×16
@@ -42,7 +42,7 @@ class LipschitzConv2D(LipschitzLayer):
         kernel_initializer="orthogonal",
         bias_initializer="zeros",
         power_iterations=10,
-        float64_inference=None,
+        float64_inference=False,
         **kwargs,
     ):
         super().__init__(power_iterations=power_iterations, **kwargs)
@@ -51,7 +51,7 @@ class LipschitzConv2D(LipschitzLayer):
             raise ValueError(f"filters must be positive; got {filters}")
         self.kernel_size = as_pair(kernel_size, "kernel_size")
         self.strides = as_pair(strides, "strides")
-        self.float64_inference = (self.strides != (1, 1)) if float64_inference is None else bool(float64_inference)
+        self.float64_inference = bool(float64_inference)
         # Strings/ints resolve at build (they depend on the input size); pairs now.
         self.padding = (
             padding if isinstance(padding, (str, int)) else normalize_padding(padding, None, None, None)

@@ -22,7 +22,8 @@ class LipschitzDense(LipschitzLayer):
             `x W + b` in float64 and round the result to float32 once: the float32 products
             are exact in float64, so the rounding error is ≤ 2⁻²⁴·(|x||W| + |b|) instead of
             γ_n·(|x||W| + |b|), which keeps certificates tight (docs/soundness.md). Training
-            calls are unchanged. Default True.
+            calls are unchanged. Default False (plain float32, as any float32 evaluator
+            computes it); the LiResNet builders turn it on.
 
     Example:
     >>> neck = LipschitzDense(512)
@@ -35,7 +36,7 @@ class LipschitzDense(LipschitzLayer):
         kernel_initializer="orthogonal",
         bias_initializer="zeros",
         power_iterations=10,
-        float64_inference=True,
+        float64_inference=False,
         **kwargs,
     ):
         super().__init__(power_iterations=power_iterations, **kwargs)

@@ -20,13 +20,13 @@ class LLNDense(keras.layers.Layer):
         use_bias: add a bias.
         float64_inference: in inference calls of a float32 layer, normalize the columns and
             accumulate in float64, rounding the logits to float32 once (tighter certificates;
-            see `LipschitzDense`). Default True.
+            see `LipschitzDense`). Default False; the LiResNet builders turn it on.
 
     Example:
     >>> head = LLNDense(10)
     """
 
-    def __init__(self, units, use_bias=True, kernel_initializer="glorot_uniform", float64_inference=True, **kwargs):
+    def __init__(self, units, use_bias=True, kernel_initializer="glorot_uniform", float64_inference=False, **kwargs):
         super().__init__(**kwargs)
         self.float64_inference = bool(float64_inference)
         self.units = int(units)

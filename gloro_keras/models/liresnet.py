@@ -43,6 +43,7 @@ def liresnet_network(
 
     Rescaling(x − 0.5) → stem conv → MinMax → L × (block → MinMax) → neck conv
     (k4 s4, W → 2W) → MinMax → Flatten → Dense(d) → MinMax → LLNDense(classes).
+    Stem, neck and head accumulate in float64 at inference (`float64_inference=True`).
     `block`: "liresnet" (merged linear residual conv), "convnet" (plain 3×3 conv) or
     "resnet" (conventional `x + β·Conv(MinMax(Conv(x)))`).
     """
@@ -58,11 +59,14 @@ def liresnet_network(
     if dense_width is None:
         dense_width = 2048 if max(input_shape[:2]) > 128 else 512
     pi = dict(power_iterations=power_iterations)
+    # the stem, neck and head accumulate in float64 at inference (cheap there): their float32
+    # rounding would otherwise dominate the certificates' rounding terms (docs/soundness.md)
+    f64 = dict(float64_inference=True)
     k, s, p = stem_config(input_shape, W)
 
     x = keras.Input(input_shape, name="image")
     z = keras.layers.Rescaling(1.0, offset=-0.5, name="center")(x)
-    z = LipschitzConv2D(W, k, strides=s, padding=p, name="stem", **pi)(z)
+    z = LipschitzConv2D(W, k, strides=s, padding=p, name="stem", **pi, **f64)(z)
     z = MinMax(name="stem_minmax")(z)
     for i in range(L):
         if block == "liresnet":
@@ -73,12 +77,13 @@ def liresnet_network(
             z = ResNetBlock(name=f"block{i}", **pi)(z)
         z = MinMax(name=f"block{i}_minmax")(z)
     h, w = z.shape[1:3]
-    z = LipschitzConv2D(2 * W, 4, strides=4, padding=(_neck_padding(h), _neck_padding(w)), name="neck_conv", **pi)(z)
+    z = LipschitzConv2D(2 * W, 4, strides=4, padding=(_neck_padding(h), _neck_padding(w)), name="neck_conv",
+                        **pi, **f64)(z)
     z = MinMax(name="neck_minmax")(z)
     z = keras.layers.Flatten(name="flatten")(z)
-    z = LipschitzDense(dense_width, name="neck_dense", **pi)(z)
+    z = LipschitzDense(dense_width, name="neck_dense", **pi, **f64)(z)
     z = MinMax(name="neck_dense_minmax")(z)
-    y = LLNDense(num_classes, name="head")(z)
+    y = LLNDense(num_classes, name="head", **f64)(z)
     return keras.Model(x, y, name=name or f"{block}_L{L}W{W}")
 
 

@@ -53,9 +53,10 @@ def define_flags(fv=FLAGS):
     flags.DEFINE_float("epsilon", None, "Certification radius; default: the model's epsilon.", lower_bound=0.0, **d)
     flags.DEFINE_enum("bound", "sound", ("sound", "power"), "Lipschitz bound: sound (provable upper "
                       "bound) or power (converged power iteration).", **d)
-    flags.DEFINE_enum("arithmetic", "float32", ("float32", "exact"), "float32: certify the network as it "
-                      "computes in float32, rounding included (sound); exact: the published "
-                      "exact-arithmetic convention, for comparison only.", **d)
+    flags.DEFINE_enum("arithmetic", "float32", ("float32", "float64", "exact"), "float32: certify the "
+                      "network as it computes in float32, rounding included (sound); float64: its "
+                      "float64 twin (for float64 deployments); exact: the published exact-arithmetic "
+                      "convention, for comparison only.", **d)
     flags.DEFINE_string("output", None, "JSON output path (default: certify.json beside the model; "
                         "'' = none; '-' = print the JSON).", **d)
     flags.DEFINE_integer("batch_size", 256, "Inference batch size.", lower_bound=1, **d)
