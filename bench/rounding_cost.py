@@ -64,6 +64,19 @@ def main():
         out[f"vra_{ar}"] = float(np.mean(pred == y))
         out[f"certified_{ar}"] = float(np.mean(pred < model.num_classes))
         out[f"median_radius_{ar}"] = float(np.median(cert.radius()))
+        if ar == "float32":
+            # share of ε·K_ji that the rounding terms (a_ji + b_ji·ε) take, at the runner-up i
+            rows = np.arange(len(y))
+            masked = np.where(np.arange(model.num_classes)[None] == cert.predicted[:, None], -np.inf, cert.logits)
+            i = np.argmax(masked, axis=1)
+            j = cert.predicted
+            k = model.margin_bound_matrix("sound")[j, i]
+            gap = cert.logits[rows, j] - cert.logits[rows, i]
+            a = gap - cert.slack[rows, i]
+            b = cert.rate[rows, i] - k
+            share = (a + b * eps) / (eps * k)
+            out["rounding_share_of_eps_K_median"] = float(np.median(share))
+            out["rounding_share_of_eps_K_p90"] = float(np.quantile(share, 0.9))
     out["clean"] = float(np.mean(cert.predicted == y))
     times = {"exact": [], "float32": []}
     for _ in range(args.rounds):

@@ -345,3 +345,17 @@ def test_float64_twin_certificates_hold_for_the_float64_network():
     assert model.float64_network() is not twin
     with pytest.raises(ValueError, match="sound"):
         model.certify(x, arithmetic="float64", bound="power")
+
+
+@pytest.mark.parametrize("strides,pads", [((1, 1), ((1, 1), (1, 1))), ((2, 2), ((2, 2), (2, 2))), ((4, 4), ((0, 0), (0, 0)))])
+def test_schur_bounds_dominate_the_exact_norm_of_the_absolute_operator(strides, pads):
+    from gloro_keras.bounds import conv2d_operator_matrix
+    from gloro_keras.models.rounding import schur_bound_conv, schur_bound_dense
+
+    rng = np.random.default_rng(0)
+    k = np.abs(rng.standard_normal((4, 4, 3, 5)) if strides == (4, 4) else rng.standard_normal((3, 3, 3, 5)))
+    a = conv2d_operator_matrix(k, (8, 8), strides=strides, padding=pads)
+    exact = np.linalg.svd(a, compute_uv=False)[0]
+    assert exact <= schur_bound_conv(k, strides) <= 1.5 * exact
+    w = np.abs(rng.standard_normal((12, 7)))
+    assert np.linalg.svd(w, compute_uv=False)[0] <= schur_bound_dense(w)

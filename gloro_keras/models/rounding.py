@@ -33,7 +33,6 @@ import keras
 import numpy as np
 from keras import ops
 
-from gloro_keras.bounds import conv2d_spectral_bound, dense_spectral_bound
 from gloro_keras.layers import LipschitzConv2D, LipschitzDense, LiResNetBlock, LLNDense, MinMax, ResNetBlock
 from gloro_keras.layers._ops import accumulate_float64
 
@@ -65,6 +64,30 @@ def _l2(t, n, u):
     """Per-example ℓ2 norm of a non-negative float tensor, inflated by its own rounding."""
     flat = ops.reshape(t, (ops.shape(t)[0], -1))
     return ops.sqrt(ops.sum(flat * flat, axis=-1)) * (1.0 + gamma(n + 4, u))
+
+
+def schur_bound_conv(kernel_abs, strides):
+    """‖A‖₂ ≤ √(‖A‖₁·‖A‖∞) for the convolution A with the non-negative kernel (kh, kw, cin, cout).
+
+    ‖A‖∞ ≤ max over output channels of the kernel's sum; ‖A‖₁ ≤ max over input channels and
+    stride residues (r_h, r_w) of the sum over the taps i ≡ r_h, j ≡ r_w and the outputs (an
+    input position meets at most one tap of each residue class). float64 sums rounded up."""
+    k = np.asarray(kernel_abs, dtype=np.float64)
+    sh, sw = strides
+    rows = np.max(np.sum(k, axis=(0, 1, 2)), initial=0.0)
+    cols = 0.0
+    for rh in range(min(sh, k.shape[0])):
+        for rw in range(min(sw, k.shape[1])):
+            cols = max(cols, float(np.max(np.sum(k[rh::sh, rw::sw], axis=(0, 1, 3)), initial=0.0)))
+    return math.sqrt(rows * cols) * (1.0 + 4 * k.size * U64)
+
+
+def schur_bound_dense(kernel_abs):
+    """‖A‖₂ ≤ √(‖A‖₁·‖A‖∞) for x ↦ x·W with W ≥ 0 (din, dout)."""
+    w = np.asarray(kernel_abs, dtype=np.float64)
+    rows = np.max(np.sum(w, axis=0), initial=0.0)
+    cols = np.max(np.sum(w, axis=1), initial=0.0)
+    return math.sqrt(rows * cols) * (1.0 + 4 * w.size * U64)
 
 
 # ---- steps -------------------------------------------------------------------------------
@@ -175,10 +198,8 @@ class _LinearResidual(_Step):
 
     def params(self, value, absnorm):
         layer = self.layer
-        p = (layer.kernel_size - 1) // 2
-        hw = tuple(int(d) for d in layer.iterate.shape[1:3])
         r = self._r_abs_np()
-        absn = absnorm(layer, lambda: conv2d_spectral_bound(r, hw, strides=(1, 1), padding=((p, p), (p, p))))
+        absn = absnorm(layer, lambda: schur_bound_conv(r, (1, 1)))
         eta = math.sqrt(self.out_numel) * (2 * self.fan_in + 6 + self.fan_in * float(np.max(r, initial=0.0))) * self.tiny
         return [value(layer), absn, eta]
 
@@ -270,7 +291,7 @@ def _conv_abs(layer, kernel_abs):
 def _conv_norms(layer, kernel_ref_abs, hw, strides, pads):
     def norms(value, absnorm):
         k = kernel_ref_abs()
-        return value(layer), absnorm(layer, lambda: conv2d_spectral_bound(k, hw, strides=strides, padding=pads)), float(np.max(k, initial=0.0))
+        return value(layer), absnorm(layer, lambda: schur_bound_conv(k, strides)), float(np.max(k, initial=0.0))
 
     return norms
 
@@ -299,7 +320,7 @@ def _step_for(layer, u, tiny):
 
         def norms(value, absnorm):
             k = np.abs(ops.convert_to_numpy(layer.kernel).astype("float64"))
-            return value(layer), absnorm(layer, lambda: dense_spectral_bound(k)), float(np.max(k, initial=0.0))
+            return value(layer), absnorm(layer, lambda: schur_bound_dense(k)), float(np.max(k, initial=0.0))
 
         return _Linear(layer, din + int(layer.use_bias), out_numel, u, tiny, abs_fn=abs_fn, norms=norms)
     if isinstance(layer, ResNetBlock):
