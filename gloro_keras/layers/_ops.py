@@ -92,3 +92,12 @@ def accumulate_float64(training, enabled, compute_dtype):
     """Whether an inference call should accumulate its products in float64 (see layers'
     `float64_inference`): not when training, nor when float64 is not available."""
     return bool(enabled) and not training and compute_dtype == "float32" and float64_available()
+
+
+def float64_affine(linear, x, kernel, bias, compute_dtype):
+    """`linear(x, kernel) + bias` with float32 operands cast to float64 (products exact),
+    summed in float64 and rounded to `compute_dtype` once."""
+    y = linear(ops.cast(x, "float64"), ops.cast(kernel, "float64"))
+    if bias is not None:
+        y = y + ops.cast(bias, "float64")
+    return ops.cast(y, compute_dtype)

@@ -2,7 +2,7 @@
 import keras
 from keras import ops
 
-from gloro_keras.layers._ops import accumulate_float64, as_pair, conv_kernel_vjp, normalize_padding
+from gloro_keras.layers._ops import accumulate_float64, as_pair, float64_affine, conv_kernel_vjp, normalize_padding
 from gloro_keras.layers.lipschitz_layer import LipschitzLayer
 
 
@@ -124,10 +124,7 @@ class LipschitzConv2D(LipschitzLayer):
 
     def call(self, x, training=None):
         if accumulate_float64(training, self.float64_inference, self.compute_dtype):
-            y = self.apply_linear(ops.cast(x, "float64"), ops.cast(self.kernel, "float64"))
-            if self.bias is not None:
-                y = y + ops.cast(self.bias, "float64")
-            return ops.cast(y, self.compute_dtype)
+            return float64_affine(self.apply_linear, x, self.kernel, self.bias, self.compute_dtype)
         y = self.apply_linear(x, self.kernel)
         if self.bias is not None:
             y = y + self.bias

@@ -2,7 +2,7 @@
 import keras
 from keras import ops
 
-from gloro_keras.layers._ops import accumulate_float64
+from gloro_keras.layers._ops import accumulate_float64, float64_affine
 from gloro_keras.layers.lipschitz_layer import LipschitzLayer
 
 
@@ -85,10 +85,7 @@ class LipschitzDense(LipschitzLayer):
 
     def call(self, x, training=None):
         if accumulate_float64(training, self.float64_inference, self.compute_dtype):
-            y = ops.matmul(ops.cast(x, "float64"), ops.cast(self.kernel, "float64"))
-            if self.bias is not None:
-                y = y + ops.cast(self.bias, "float64")
-            return ops.cast(y, self.compute_dtype)
+            return float64_affine(ops.matmul, x, self.kernel, self.bias, self.compute_dtype)
         y = ops.matmul(x, self.kernel)
         if self.bias is not None:
             y = y + self.bias

@@ -465,7 +465,7 @@ class GloroModel(keras.Model):
         k = self.lipschitz_bound(bound)
         self._bound_cache.assign(_round_up_float32(k) if bound == "sound" else np.float32(k))
         if self._rounding is not None:
-            params = self._rounding.params(self._layer_value_fn(bound), self._abs_norm)
+            params = self._rounding.params(self._layer_value_fn(bound))
             self._rounding_params.assign(
                 np.array([_round_up_float32(v) for v in params] or [0.0], dtype=np.float32))
         self._bound_cache_valid.assign(1.0)
@@ -489,11 +489,6 @@ class GloroModel(keras.Model):
             self.lipschitz_bound("power")
         return lambda layer: float(ops.convert_to_numpy(layer.lipschitz_bound(training=False)))
 
-    @staticmethod
-    def _abs_norm(layer, compute):
-        """Bound on ‖|A|‖₂ of a layer (elementwise |kernel|): `compute` is cheap (Schur test)."""
-        return float(compute())
-
     # -- certification ---------------------------------------------------------------
     def predict_logits(self, x, batch_size=256, verbose=0):
         """The network's m clean logits as float64 numpy (no bound involved)."""
@@ -509,9 +504,9 @@ class GloroModel(keras.Model):
         """The network with the same weights computing in float64 (a new keras.Model, rebuilt
         when the weights change). `certify(..., arithmetic="float64")` certifies it: deploy it
         (its `predict`) to get predictions those certificates are about."""
-        key = self._fingerprint() + hashlib.blake2b(
+        key = hashlib.blake2b(
             b"".join(np.ascontiguousarray(ops.convert_to_numpy(w)).tobytes() for w in self.network.weights),
-            digest_size=8).hexdigest()
+            digest_size=16).hexdigest()
         if self._twin is None or self._twin[0] != key:
             if keras.backend.backend() == "jax":
                 import jax
@@ -539,15 +534,11 @@ class GloroModel(keras.Model):
                 cache[id(layer)] = float(layer.sound_lipschitz_bound())
             return cache[id(layer)]
 
-        def value_abs(layer, compute):
-            if ("abs", id(layer)) not in cache:
-                cache[("abs", id(layer))] = float(compute())
-            return cache[("abs", id(layer))]
 
         from threadpoolctl import threadpool_limits
 
         with threadpool_limits(limits=1, user_api="blas"):
-            params = an.params(value, lambda layer, compute: value_abs(layer, compute))
+            params = an.params(value)
             k = plan.constant * (1.0 + margins.FLOAT64_SAFETY)
             for layer in plan.bounded:
                 k *= value(layer)
@@ -581,7 +572,7 @@ class GloroModel(keras.Model):
         an = self._rounding
         if an is None:
             raise ValueError(f"Cannot certify the float32 network: {self._rounding_unsupported}")
-        params = an.params(self._layer_value_fn(bound), self._abs_norm)
+        params = an.params(self._layer_value_fn(bound))
         with full_precision_kernels():
             out = np.asarray(self._probe_model().predict(x, batch_size=batch_size, verbose=0), dtype=np.float64)
         m = self.num_classes

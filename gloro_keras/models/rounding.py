@@ -93,12 +93,12 @@ def schur_bound_dense(kernel_abs):
 # ---- steps -------------------------------------------------------------------------------
 class _Step:
     """One layer of the chain. `forward(h)` → (output, [per-input centre terms]);
-    `params(value, absnorm)` → floats; `propagate(state, cs, p)` → new state."""
+    `params(value)` → floats; `propagate(state, cs, p)` → new state."""
 
     num_params = 0
     num_centre_terms = 0
 
-    def params(self, value, absnorm):
+    def params(self, value):
         return []
 
 
@@ -135,7 +135,7 @@ def _float64_accumulation(layer, u):
 class _Linear(_Step):
     """z = A a + b with |fl(z) − (A_ref a + b)| ≤ g·(A_abs|a| + |b|) + η componentwise.
 
-    abs_fn(|h|) computes A_abs|h| + |b|; `norms(value, absnorm)` gives (‖A_ref‖, ‖A_abs‖, η)."""
+    abs_fn(|h|) computes A_abs|h| + |b|; `norms(value)` gives (‖A_ref‖, ‖A_abs‖, max A_abs)."""
 
     num_params = 3
     num_centre_terms = 1
@@ -151,8 +151,8 @@ class _Linear(_Step):
         y = self.call(h)
         return y, [_l2(self.abs_fn(ops.abs(h)), self.out_numel, self.u) * (1.0 + gamma(self.fan_in + 2, self.u))]
 
-    def params(self, value, absnorm):
-        spec, absn, amax = self._norms(value, absnorm)
+    def params(self, value):
+        spec, absn, amax = self._norms(value)
         # flushed products/partial sums (2n+2) and flushed inputs (≤ n·max|A|) per output
         eta = math.sqrt(self.out_numel) * (2 * self.fan_in + 3 + self.fan_in * amax) * self.tiny
         return [spec, absn, eta]
@@ -196,10 +196,10 @@ class _LinearResidual(_Step):
             ha = ha + ops.abs(self.layer.bias)
         return y, [c_r, _l2(ha, self.out_numel, self.u)]
 
-    def params(self, value, absnorm):
+    def params(self, value):
         layer = self.layer
         r = self._r_abs_np()
-        absn = absnorm(layer, lambda: schur_bound_conv(r, (1, 1)))
+        absn = schur_bound_conv(r, (1, 1))
         eta = math.sqrt(self.out_numel) * (2 * self.fan_in + 6 + self.fan_in * float(np.max(r, initial=0.0))) * self.tiny
         return [value(layer), absn, eta]
 
@@ -233,11 +233,11 @@ class _Residual(_Step):
         c4 = _l2(ops.abs(h) + ops.abs(q), n, self.u) * (1.0 + 2 * self.u)
         return y, c1 + c2 + [c3, c4]
 
-    def params(self, value, absnorm):
+    def params(self, value):
         bmax = float(np.max(np.abs(ops.convert_to_numpy(self.block.beta).astype("float64"))))
         n = self.conv2.out_numel
         eta = math.sqrt(n) * 4 * self.tiny
-        return self.conv1.params(value, absnorm) + self.conv2.params(value, absnorm) + [bmax, eta, eta]
+        return self.conv1.params(value) + self.conv2.params(value) + [bmax, eta, eta]
 
     def propagate(self, s, cs, p):
         s1 = self.conv1.propagate(s, cs[0:1], p[0:3])
@@ -289,9 +289,9 @@ def _conv_abs(layer, kernel_abs):
 
 
 def _conv_norms(layer, kernel_ref_abs, hw, strides, pads):
-    def norms(value, absnorm):
+    def norms(value):
         k = kernel_ref_abs()
-        return value(layer), absnorm(layer, lambda: schur_bound_conv(k, strides)), float(np.max(k, initial=0.0))
+        return value(layer), schur_bound_conv(k, strides), float(np.max(k, initial=0.0))
 
     return norms
 
@@ -318,9 +318,9 @@ def _step_for(layer, u, tiny):
             y = ops.matmul(h_abs, ops.abs(layer.kernel))
             return y + ops.abs(layer.bias) if layer.bias is not None else y
 
-        def norms(value, absnorm):
+        def norms(value):
             k = np.abs(ops.convert_to_numpy(layer.kernel).astype("float64"))
-            return value(layer), absnorm(layer, lambda: schur_bound_dense(k)), float(np.max(k, initial=0.0))
+            return value(layer), schur_bound_dense(k), float(np.max(k, initial=0.0))
 
         return _Linear(layer, din + int(layer.use_bias), out_numel, u, tiny, abs_fn=abs_fn, norms=norms)
     if isinstance(layer, ResNetBlock):
@@ -337,7 +337,7 @@ def _step_for(layer, u, tiny):
 
         # x·fl(s) + fl(o): two roundings of the constants, a product and a sum
         return _Linear(layer, 3, out_numel, u, tiny, abs_fn=abs_fn,
-                       norms=lambda value, absnorm: (smax, smax, smax))
+                       norms=lambda value: (smax, smax, smax))
     if isinstance(layer, (L.AveragePooling2D, L.GlobalAveragePooling2D)):
         if isinstance(layer, L.AveragePooling2D):
             if tuple(layer.pool_size) != tuple(layer.strides) or layer.padding != "valid":
@@ -348,7 +348,7 @@ def _step_for(layer, u, tiny):
         lip = 1.0 / math.sqrt(pool)
         # a sum of `pool` terms, then one division (or a product with a rounded 1/pool)
         return _Linear(layer, pool + 2, out_numel, u, tiny, abs_fn=lambda h_abs: layer(h_abs),
-                       norms=lambda value, absnorm: (lip, lip, 1.0 / pool))
+                       norms=lambda value: (lip, lip, 1.0 / pool))
     if isinstance(layer, (MinMax, L.Flatten, L.Reshape, L.Permute, L.Identity, L.ZeroPadding2D, L.Cropping2D)):
         return _Exact(layer, 1.0)
     if isinstance(layer, L.MaxPooling2D):
@@ -429,12 +429,12 @@ class RoundingAnalysis:
         return logits, cs, ch
 
     # -- layer constants (numpy float64) ---------------------------------------------------------
-    def params(self, value, absnorm):
+    def params(self, value):
         """Flat list of every step's constants. value(layer): the layer's bound (sound, power
-        or current); absnorm(layer, fn): a sound bound on ‖|A|‖₂ (fn computes it)."""
+        or current); ‖|A|‖₂ is bounded by the Schur test."""
         out = []
         for step in self.steps:
-            out.extend(step.params(value, absnorm))
+            out.extend(step.params(value))
         return out
 
     # -- recursion (numpy float64 or float32 tensors) ---------------------------------------
