@@ -137,7 +137,7 @@ def _bound_with_gradient(layer, gradient):
 
         def f(kernel):
             with keras.StatelessScope(state_mapping=[(layer.kernel, kernel)]) as scope:
-                sigma = layer.lipschitz_bound(training=True, gradient=gradient)
+                sigma = layer.power_estimate(training=True, gradient=gradient)
             return sigma, scope.get_current_value(layer.iterate)
 
         (sigma, u), grad = jax.value_and_grad(f, has_aux=True)(layer.kernel.value)
@@ -145,7 +145,7 @@ def _bound_with_gradient(layer, gradient):
     import tensorflow as tf
 
     with tf.GradientTape() as tape:
-        sigma = layer.lipschitz_bound(training=True, gradient=gradient)
+        sigma = layer.power_estimate(training=True, gradient=gradient)
     grad = tape.gradient(sigma, layer.kernel)
     return float(sigma), grad.numpy(), ops.convert_to_numpy(layer.iterate)
 
@@ -204,7 +204,7 @@ def _value_and_grads(layer, fn):
 
 def _unrolled_full_bound(layer):
     """Reference: autodiff straight through the unrolled power-iteration steps."""
-    from gloro_keras.layers._ops import l2_normalize, safe_norm
+    from gloro_keras.ops.norms import l2_normalize, safe_norm
 
     kernel = layer.linear_kernel()
     u = l2_normalize(ops.convert_to_tensor(layer.iterate))
@@ -238,7 +238,7 @@ def test_full_bound_gradient_equals_autodiff_through_the_unrolled_steps(case):
     start = ops.convert_to_numpy(layer.iterate).copy()
     ref, ref_grads = _value_and_grads(layer, lambda: _unrolled_full_bound(layer))
     layer.iterate.assign(start)
-    got, grads = _value_and_grads(layer, lambda: layer.lipschitz_bound(training=True, gradient="full"))
+    got, grads = _value_and_grads(layer, lambda: layer.power_estimate(training=True, gradient="full"))
     assert got == pytest.approx(ref, rel=1e-5)
     for g, r, w in zip(grads, ref_grads, layer.trainable_variables):
         scale = np.abs(r).max()
@@ -253,7 +253,7 @@ def test_full_bound_gradient_through_a_restart_is_finite_and_matches_autodiff():
     layer = build(LipschitzConv2D(4, 3, power_iterations=3), (5, 5, 2))
     layer.kernel.assign(np.zeros((3, 3, 2, 4), dtype="float32"))
     ref, ref_grads = _value_and_grads(layer, lambda: _unrolled_full_bound(layer))
-    got, grads = _value_and_grads(layer, lambda: layer.lipschitz_bound(training=True, gradient="full"))
+    got, grads = _value_and_grads(layer, lambda: layer.power_estimate(training=True, gradient="full"))
     assert got == pytest.approx(ref, abs=1e-9)
     for g, r in zip(grads, ref_grads):
         assert np.all(np.isfinite(g))
@@ -263,9 +263,9 @@ def test_full_bound_gradient_through_a_restart_is_finite_and_matches_autodiff():
 def test_training_calls_iterate_and_store_the_iterate():
     layer = build(LipschitzConv2D(4, 3, power_iterations=3), (5, 5, 2))
     before = ops.convert_to_numpy(layer.iterate).copy()
-    s0 = float(layer.lipschitz_bound(training=False))
+    s0 = float(layer.power_estimate(training=False))
     np.testing.assert_array_equal(ops.convert_to_numpy(layer.iterate), before)  # inference: no update
-    s1 = float(layer.lipschitz_bound(training=True))
+    s1 = float(layer.power_estimate(training=True))
     assert not np.allclose(ops.convert_to_numpy(layer.iterate), before)
     assert s1 >= s0 * (1 - 1e-6)  # iterating moves the estimate up toward ‖A‖
 
@@ -273,7 +273,7 @@ def test_training_calls_iterate_and_store_the_iterate():
 def test_power_iteration_is_nan_safe_for_a_zero_kernel():
     layer = build(LipschitzConv2D(4, 3, power_iterations=5), (5, 5, 2))
     layer.kernel.assign(np.zeros((3, 3, 2, 4), dtype="float32"))
-    assert float(layer.lipschitz_bound(training=True)) == pytest.approx(0.0, abs=1e-6)
+    assert float(layer.power_estimate(training=True)) == pytest.approx(0.0, abs=1e-6)
     assert np.all(np.isfinite(ops.convert_to_numpy(layer.iterate)))
     # after the kernel becomes non-zero the estimate recovers (restarted iterate)
     layer.kernel.assign(np.random.randn(3, 3, 2, 4).astype("float32"))

@@ -25,28 +25,38 @@ def hand_outputs():
     return np.concatenate([LOGITS, np.array(bots)[:, None]], axis=1)
 
 
-def stacked():
-    lift = EPS * KMAT[LABELS] * (1 - np.eye(3)[LABELS])
-    return np.stack([hand_outputs(), np.concatenate([lift, np.zeros((2, 1))], 1)], axis=1).astype("float32")
+def inputs(logits=LOGITS, kmat=KMAT, eps=EPS):
+    """What GloroModel.loss_inputs hands a GloroLoss."""
+    return {"logits": np.asarray(logits, "float32"), "margin_bounds": np.asarray(kmat, "float32"),
+            "epsilon": np.float32(eps)}
+
+
+def args(logits=LOGITS, kmat=KMAT, eps=EPS):
+    i = inputs(logits, kmat, eps)
+    return i["logits"], i["margin_bounds"], i["epsilon"]
 
 
 def test_emma_matches_hand_computation():
     expected = [ce(LOGITS[b] + EPS * KMAT[LABELS[b]], LABELS[b]) for b in range(2)]  # K_tt = 0
-    got = ops.convert_to_numpy(EMMA(reduction=None)(LABELS, stacked()))
+    got = ops.convert_to_numpy(EMMA(reduction=None)(LABELS, inputs()))
     np.testing.assert_allclose(got, expected, rtol=1e-5)
-    assert float(EMMA()(LABELS, stacked())) == pytest.approx(np.mean(expected), rel=1e-5)
+    assert float(EMMA()(LABELS, inputs())) == pytest.approx(np.mean(expected), rel=1e-5)
+    np.testing.assert_allclose(ops.convert_to_numpy(emma_loss(LABELS, *args())), expected, rtol=1e-5)
+    # sample weights and the reduction are Keras's own
+    w = np.array([1.0, 3.0], "float32")
+    assert float(EMMA()(LABELS, inputs(), sample_weight=w)) == pytest.approx(np.mean(w * expected), rel=1e-5)
 
 
 def test_emma_with_zero_epsilon_is_cross_entropy():
-    got = ops.convert_to_numpy(emma_loss(LABELS, LOGITS.astype("float32"), np.zeros((2, 3), "float32")))
+    got = ops.convert_to_numpy(emma_loss(LABELS, *args(eps=0.0)))
     np.testing.assert_allclose(got, [ce(LOGITS[b], LABELS[b]) for b in range(2)], rtol=1e-5)
 
 
 def test_gloro_crossentropy_matches_hand_computation():
     out = hand_outputs()
     expected = [ce(out[b], LABELS[b]) for b in range(2)]
-    np.testing.assert_allclose(ops.convert_to_numpy(GloroCrossentropy(reduction=None)(LABELS, stacked())), expected, rtol=1e-5)
-    np.testing.assert_allclose(ops.convert_to_numpy(gloro_crossentropy_loss(LABELS, out.astype("float32"))), expected, rtol=1e-5)
+    np.testing.assert_allclose(ops.convert_to_numpy(GloroCrossentropy(reduction=None)(LABELS, inputs())), expected, rtol=1e-5)
+    np.testing.assert_allclose(ops.convert_to_numpy(gloro_crossentropy_loss(LABELS, *args())), expected, rtol=1e-5)
 
 
 @pytest.mark.parametrize("lam", [1.0, 1.5])
@@ -57,20 +67,23 @@ def test_trades_matches_hand_computation(lam):
         p = np.exp(LOGITS[b] - LOGITS[b].max()); p /= p.sum()
         q = np.exp(out[b] - out[b].max()); q /= q.sum()
         expected.append(ce(LOGITS[b], LABELS[b]) + lam * np.sum(p * (np.log(p) - np.log(q[:3]))))
-    np.testing.assert_allclose(ops.convert_to_numpy(TRADES(lam, reduction=None)(LABELS, stacked())), expected, rtol=1e-5)
-    np.testing.assert_allclose(ops.convert_to_numpy(trades_loss(LABELS, out.astype("float32"), lam)), expected, rtol=1e-5)
+    np.testing.assert_allclose(ops.convert_to_numpy(TRADES(lam, reduction=None)(LABELS, inputs())), expected, rtol=1e-5)
+    np.testing.assert_allclose(ops.convert_to_numpy(trades_loss(LABELS, *args(), lam=lam)), expected, rtol=1e-5)
 
 
 def test_trades_with_unit_lambda_is_gloro_crossentropy():
     """KL(p‖q) = LSE(m+1 outputs) − LSE(m logits), so CE + 1·KL = LSE(m+1) − y_t: the GloRo CE.
     (Why the Table 2 reproduction's TRADES column at λ = 1 repeats its CE column.)"""
     rng = np.random.default_rng(0)
-    out = rng.normal(scale=3.0, size=(64, 11)).astype("float32")
+    logits = rng.normal(scale=3.0, size=(64, 10))
+    kmat = rng.uniform(0.5, 4.0, size=(10, 10))
+    kmat = (kmat + kmat.T) * (1 - np.eye(10))
     labels = rng.integers(0, 10, size=64)
-    np.testing.assert_allclose(ops.convert_to_numpy(trades_loss(labels, out, 1.0)),
-                               ops.convert_to_numpy(gloro_crossentropy_loss(labels, out)), rtol=1e-5, atol=1e-6)
-    assert not np.allclose(ops.convert_to_numpy(trades_loss(labels, out, 2.0)),
-                           ops.convert_to_numpy(gloro_crossentropy_loss(labels, out)), rtol=1e-3)
+    a = args(logits, kmat, 0.5)
+    np.testing.assert_allclose(ops.convert_to_numpy(trades_loss(labels, *a, lam=1.0)),
+                               ops.convert_to_numpy(gloro_crossentropy_loss(labels, *a)), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(ops.convert_to_numpy(trades_loss(labels, *a, lam=2.0)),
+                           ops.convert_to_numpy(gloro_crossentropy_loss(labels, *a)), rtol=1e-3)
 
 
 def test_loss_names_resolve_like_the_original_gloro():
@@ -83,6 +96,8 @@ def test_loss_names_resolve_like_the_original_gloro():
 def test_gloro_loss_without_bounds_is_a_clear_error():
     with pytest.raises(ValueError, match="GloroModel.compile"):
         EMMA()(LABELS, hand_outputs().astype("float32"))
+    with pytest.raises(ValueError, match="margin_bounds"):
+        TRADES()(LABELS, {"logits": LOGITS.astype("float32")})
 
 
 @pytest.mark.parametrize("loss", ["emma", "gloro_crossentropy", "trades"])
@@ -92,13 +107,37 @@ def test_model_loss_equals_functional_form(loss):
     x = np.random.rand(5, 8, 8, 1).astype("float32")
     y = np.array([0, 1, 2, 1, 0])
     value = model.evaluate(x, y, verbose=0, return_dict=True)["loss"]
-    out = model.predict(x, verbose=0)
-    kmat = ops.convert_to_numpy(model.margin_bounds(training=False))
-    logits = out[:, :3]
+    logits = model.predict_logits(x)
+    kmat = ops.convert_to_numpy(model.margin_bounds(training=False)).astype("float64")
+    j = logits.argmax(1)
+    bot = np.array([max(logits[b, i] + 0.3 * kmat[j[b], i] for i in range(3) if i != j[b]) for b in range(5)])
+    out = np.concatenate([logits, bot[:, None]], 1)
     if loss == "emma":
         ref = np.mean([ce(logits[b] + 0.3 * kmat[y[b]] * (np.arange(3) != y[b]), y[b]) for b in range(5)])
     elif loss == "gloro_crossentropy":
         ref = np.mean([ce(out[b], y[b]) for b in range(5)])
     else:
-        ref = float(np.mean(ops.convert_to_numpy(trades_loss(y, out, 1.0))))
+        p = np.exp(logits - logits.max(1, keepdims=True)); p /= p.sum(1, keepdims=True)
+        q = np.exp(out - out.max(1, keepdims=True)); q /= q.sum(1, keepdims=True)
+        ref = np.mean([ce(logits[b], y[b]) + np.sum(p[b] * (np.log(p[b]) - np.log(q[b, :3]))) for b in range(5)])
     assert value == pytest.approx(ref, rel=1e-4)
+
+
+def test_training_call_hands_the_loss_its_inputs():
+    """A training call returns what the loss needs (this step's K and ε_train); the loss fit
+    minimizes is the pure function of those values."""
+    model = gk.GloroLiResNet(L=1, W=4, num_classes=3, input_shape=(8, 8, 1), epsilon=0.3, dense_width=6)
+    model.compile(loss="emma")
+    model.epsilon_train = 0.2
+    x = np.random.default_rng(1).random((6, 8, 8, 1)).astype("float32")
+    y = np.array([0, 1, 2, 1, 0, 2])
+    out = model(x, training=True)
+    assert set(out) == {"outputs", "logits", "margin_bounds", "epsilon"}
+    assert float(out["epsilon"]) == pytest.approx(0.2)
+    assert tuple(out["outputs"].shape) == (6, 4) and tuple(out["margin_bounds"].shape) == (3, 3)
+    loss = float(model.compute_loss(x, y, out))
+    ref = np.mean(ops.convert_to_numpy(emma_loss(y, out["logits"], out["margin_bounds"], out["epsilon"])))
+    assert loss == pytest.approx(float(ref), rel=1e-6)
+    # evaluation: the cached bound and the test radius
+    inputs = model.loss_inputs(model(x))
+    assert float(inputs["epsilon"]) == pytest.approx(0.3)

@@ -13,7 +13,7 @@ import pytest
 import gloro_keras as gk
 from gloro_keras.layers import LipschitzConv2D, LipschitzDense, LLNDense, MinMax
 from gloro_keras.metrics import gloro_metrics
-from gloro_keras.models.kernel_precision import full_precision_kernels
+from gloro_keras.ops.precision import float64_available, full_precision_kernels
 from conftest import input_gradient
 
 BIG = 2.0 ** 27  # ulp(2²⁷) = 16 in float32
@@ -218,7 +218,7 @@ def test_rounding_bound_covers_float64_re_evaluation_every_layer_type(kind):
     else:
         model = gk.GloroLiResNet(L=3, W=8, num_classes=6, input_shape=(12, 12, 3), epsilon=0.1,
                                  dense_width=16, block=kind)
-        for layer in model._plan.bounded:  # make the weights far from their tidy initial values
+        for layer in model.bounded_layers:  # make the weights far from their tidy initial values
             for v in layer.trainable_weights:
                 v.assign(v + np.random.default_rng(1).normal(0, 0.3, v.shape).astype("float32"))
         x = np.random.default_rng(0).uniform(0, 1, (64, 12, 12, 3)).astype("float32")
@@ -325,7 +325,7 @@ def test_unsupported_layers_refuse_float32_certification_with_the_layer_name():
 
 
 def test_float64_twin_certificates_hold_for_the_float64_network():
-    from gloro_keras.layers._ops import float64_available
+    from gloro_keras.ops.precision import float64_available, full_precision_kernels
 
     if not float64_available():
         pytest.skip("float64 is not enabled on this backend")
@@ -340,7 +340,7 @@ def test_float64_twin_certificates_hold_for_the_float64_network():
     y64 = np.asarray(twin.predict(x.astype(np.float64), verbose=0))
     np.testing.assert_array_equal(np.argmax(y64, 1), c64.predicted)
     # the twin follows the weights
-    layer = model._plan.bounded[0]
+    layer = model.bounded_layers[0]
     layer.kernel.assign(layer.kernel * 1.5)
     assert model.float64_network() is not twin
     with pytest.raises(ValueError, match="sound"):

@@ -37,7 +37,7 @@ def main():
             strides = layer.strides if hasattr(layer, "strides") else (1, 1)
             exact = np.linalg.svd(conv2d_operator_matrix(k, shape[:2], strides, pads), compute_uv=False)[0]
         power = layer.converge_iterate(max_iterations=5000, tolerance=1e-10)
-        sound = layer.sound_lipschitz_bound()
+        sound = layer.sound_bound()
         print(f"{name:34s} {exact:12.6f} {power / exact:12.8f} {sound / exact:12.8f}")
 
 

@@ -22,7 +22,7 @@ LEVELS = {
     "models": 2, "losses": 2, "metrics": 2,
     "train": 3, "data": 3, "evaluation": 3, "attacks": 3,
     "cli": 4,
-    "compat": 5, "__init__": 5, "__main__": 5,
+    "compat": 4, "__init__": 4, "__main__": 4,  # the root package re-exports everything but cli
 }
 
 

@@ -53,6 +53,8 @@ import math
 
 import numpy as np
 
+from gloro_keras.ops.padding import as_pair, explicit_padding
+
 try:  # optional speed-up (half the flops for the Gram matrices); numpy fallback otherwise
     from scipy.linalg.blas import zherk as _zherk
 except ImportError:  # pragma: no cover
@@ -82,37 +84,6 @@ _EFFORTS = ("low", "medium", "high")
 # ---------------------------------------------------------------------------------------------
 # argument handling and geometry
 # ---------------------------------------------------------------------------------------------
-
-
-def _norm_pair(v, name):
-    if np.isscalar(v):
-        return int(v), int(v)
-    v = tuple(int(t) for t in v)
-    if len(v) != 2:
-        raise ValueError(f"{name} must have two entries, got {v}")
-    return v
-
-
-def _norm_padding(padding):
-    """Accepts ((top, bottom), (left, right)), (ph, pw) or an int."""
-    if np.isscalar(padding):
-        p = int(padding)
-        return (p, p), (p, p)
-    padding = tuple(padding)
-    if len(padding) != 2:
-        raise ValueError(f"padding must be ((top, bottom), (left, right)), got {padding}")
-    out = []
-    for p in padding:
-        if np.isscalar(p):
-            out.append((int(p), int(p)))
-        else:
-            p = tuple(int(t) for t in p)
-            if len(p) != 2:
-                raise ValueError(f"bad padding entry {p}")
-            out.append(p)
-    if min(min(p) for p in out) < 0:
-        raise ValueError("padding must be non-negative")
-    return tuple(out)
 
 
 def _out_len(n, k, s, p0, p1):
@@ -390,9 +361,9 @@ def conv2d_spectral_bound(
     kernel = np.asarray(kernel, dtype=np.float64)
     if kernel.ndim != 4:
         raise ValueError(f"kernel must be (kh, kw, cin, cout), got shape {kernel.shape}")
-    H, W = _norm_pair(input_size, "input_size")
-    sh, sw = _norm_pair(strides, "strides")
-    (pt, pb), (pl, pr) = _norm_padding(padding)
+    H, W = as_pair(input_size, "input_size")
+    sh, sw = as_pair(strides, "strides")
+    (pt, pb), (pl, pr) = explicit_padding(padding)
     kh, kw, cin, cout = kernel.shape
     ho, a1, n1 = _axis_geometry(H, kh, sh, pt, pb)
     wo, a2, n2 = _axis_geometry(W, kw, sw, pl, pr)
@@ -534,9 +505,9 @@ def conv2d_operator_matrix(kernel, input_size, strides=(1, 1), padding=((0, 0), 
     """The explicit matrix of A (rows: flattened output (Ho, Wo, cout), cols: flattened input
     (H, W, cin)), for tests at small shapes."""
     kernel = np.asarray(kernel, dtype=np.float64)
-    H, W = _norm_pair(input_size, "input_size")
-    sh, sw = _norm_pair(strides, "strides")
-    (pt, pb), (pl, pr) = _norm_padding(padding)
+    H, W = as_pair(input_size, "input_size")
+    sh, sw = as_pair(strides, "strides")
+    (pt, pb), (pl, pr) = explicit_padding(padding)
     kh, kw, cin, cout = kernel.shape
     ho = _out_len(H, kh, sh, pt, pb)
     wo = _out_len(W, kw, sw, pl, pr)
@@ -558,8 +529,8 @@ def _conv2d_apply(x, kernel, strides=(1, 1), padding=((0, 0), (0, 0))):
     """numpy reference of the layer's linear map on one (H, W, cin) array (float64)."""
     x = np.asarray(x, dtype=np.float64)
     kernel = np.asarray(kernel, dtype=np.float64)
-    sh, sw = _norm_pair(strides, "strides")
-    (pt, pb), (pl, pr) = _norm_padding(padding)
+    sh, sw = as_pair(strides, "strides")
+    (pt, pb), (pl, pr) = explicit_padding(padding)
     kh, kw, cin, cout = kernel.shape
     H, W = x.shape[:2]
     xp = np.pad(x, ((pt, pb), (pl, pr), (0, 0)))
@@ -577,9 +548,9 @@ def _conv2d_apply_transpose(y, kernel, input_size, strides=(1, 1), padding=((0, 
     """Adjoint of ``_conv2d_apply``: maps (Ho, Wo, cout) -> (H, W, cin)."""
     y = np.asarray(y, dtype=np.float64)
     kernel = np.asarray(kernel, dtype=np.float64)
-    H, W = _norm_pair(input_size, "input_size")
-    sh, sw = _norm_pair(strides, "strides")
-    (pt, pb), (pl, pr) = _norm_padding(padding)
+    H, W = as_pair(input_size, "input_size")
+    sh, sw = as_pair(strides, "strides")
+    (pt, pb), (pl, pr) = explicit_padding(padding)
     kh, kw, cin, cout = kernel.shape
     ho, wo = y.shape[:2]
     xp = np.zeros((H + pt + pb, W + pl + pr, cin))

@@ -8,7 +8,7 @@ from typing import Optional
 import numpy as np
 
 from gloro_keras.evaluation import plots
-from gloro_keras.models import margins
+from gloro_keras.ops.epsilon import check_epsilon
 
 
 @dataclasses.dataclass
@@ -126,7 +126,7 @@ def certification_report(
             the published exact-arithmetic convention, for comparison only.
         output_dir: if given, writes report.json, certified_accuracy.png, radius_histogram.png.
     """
-    eps = model.epsilon if epsilon is None else margins.check_epsilon(epsilon)
+    eps = model.epsilon if epsilon is None else check_epsilon(epsilon)
     if arithmetic not in ("float32", "float64", "exact"):
         raise ValueError(f"arithmetic must be 'float32', 'float64' or 'exact'; got {arithmetic!r}")
     x, y = _as_arrays(x, y)

@@ -3,6 +3,7 @@
 `Conv2D` and `Dense` alias the bounded layers so that models written for the original
 `gloro` (Keras 2) port by changing imports.
 """
+from gloro_keras.layers.bounded_layer import BoundedLayer
 from gloro_keras.layers.lipschitz_conv2d import LipschitzConv2D
 from gloro_keras.layers.lipschitz_dense import LipschitzDense
 from gloro_keras.layers.lipschitz_layer import LipschitzLayer
@@ -15,6 +16,7 @@ Conv2D = LipschitzConv2D
 Dense = LipschitzDense
 
 __all__ = [
+    "BoundedLayer",
     "Conv2D",
     "Dense",
     "LLNDense",

@@ -2,7 +2,9 @@
 import keras
 from keras import ops
 
-from gloro_keras.layers._ops import accumulate_float64, as_pair, float64_affine, conv_kernel_vjp, normalize_padding
+from gloro_keras.ops.conv import conv_kernel_vjp
+from gloro_keras.ops.padding import as_pair, normalize_padding
+from gloro_keras.ops.precision import accumulate_float64, float64_affine
 from gloro_keras.layers.lipschitz_layer import LipschitzLayer
 
 
@@ -116,6 +118,8 @@ class LipschitzConv2D(LipschitzLayer):
         h, w = self.input_hw
         return x[:, pt : pt + h, pl : pl + w, :]
 
+    has_kernel_vjp = True
+
     def kernel_vjp(self, x, g):
         return conv_kernel_vjp(x, g, self.kernel_size, self.strides, self.pads)
 
@@ -144,7 +148,7 @@ class LipschitzConv2D(LipschitzLayer):
             self.filters,
         )
 
-    def sound_lipschitz_bound(self):
+    def sound_bound(self):
         from gloro_keras.bounds import conv2d_spectral_bound
 
         return conv2d_spectral_bound(

@@ -2,7 +2,7 @@
 import keras
 from keras import ops
 
-from gloro_keras.layers._ops import accumulate_float64, float64_affine
+from gloro_keras.ops.precision import accumulate_float64, float64_affine
 from gloro_keras.layers.lipschitz_layer import LipschitzLayer
 
 
@@ -76,6 +76,8 @@ class LipschitzDense(LipschitzLayer):
     def apply_adjoint(self, v, kernel):
         return ops.matmul(v, ops.transpose(kernel))
 
+    has_kernel_vjp = True
+
     def kernel_vjp(self, x, g):
         return ops.matmul(ops.transpose(x), g)
 
@@ -94,7 +96,7 @@ class LipschitzDense(LipschitzLayer):
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[:-1]) + (self.units,)
 
-    def sound_lipschitz_bound(self):
+    def sound_bound(self):
         from gloro_keras.bounds import dense_spectral_bound
 
         return dense_spectral_bound(ops.convert_to_numpy(self.kernel).astype("float64"))

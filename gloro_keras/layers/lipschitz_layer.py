@@ -1,24 +1,25 @@
 """Base class for linear layers whose spectral norm is tracked by power iteration."""
+import abc
+
 import keras
 from keras import ops
 
-from gloro_keras.layers._ops import TINY, l2_normalize, safe_norm
+from gloro_keras.layers.bounded_layer import BoundedLayer, check_gradient
+from gloro_keras.ops.norms import TINY, l2_normalize, safe_norm
 
-BOUND_GRADIENTS = ("full", "last")
 
-
-class LipschitzLayer(keras.layers.Layer):
+class LipschitzLayer(BoundedLayer):
     """A layer `y = A(x) + b` with A linear; bounds ‖A‖₂ by persistent power iteration.
 
     The iterate `u` (shaped like one input example) is a non-trainable variable carried
     across training steps. Each training call runs `power_iterations` steps of
     `u ← AᵀAu / ‖AᵀAu‖` and the estimate is `σ = ‖A u‖` (≤ ‖A‖₂; it converges from
-    below, so certification should use `sound_lipschitz_bound()`).
+    below, so certification uses `sound_bound()`).
 
     Subclasses implement `linear_kernel()` (the tensor defining A), `apply_linear(u, k)`
-    (A) and `apply_adjoint(v, k)` (Aᵀ), and call `build_iterate(shape)` in `build`; with
-    `kernel_vjp(x, g)` (∂⟨g, A x⟩/∂K) the full gradient runs batched (see
-    `_full_gradient_bound`).
+    (A), `apply_adjoint(v, k)` (Aᵀ) and `sound_bound()`, and call `build_iterate(shape)` in
+    `build`; those that also implement `kernel_vjp(x, g)` (∂⟨g, A x⟩/∂K) and set
+    `has_kernel_vjp = True` get the full gradient batched (see `_full_gradient_bound`).
 
     Args:
         power_iterations: power-iteration steps per training call (default 10).
@@ -32,23 +33,24 @@ class LipschitzLayer(keras.layers.Layer):
         self.power_iterations = power_iterations
 
     # -- subclass hooks -------------------------------------------------------------
+    has_kernel_vjp = False  # True where `kernel_vjp` is implemented
+
+    @abc.abstractmethod
     def linear_kernel(self):
-        raise NotImplementedError
+        """The tensor K defining A."""
 
+    @abc.abstractmethod
     def apply_linear(self, u, kernel):
-        raise NotImplementedError
+        """A(K) u for a batch u."""
 
+    @abc.abstractmethod
     def apply_adjoint(self, v, kernel):
-        raise NotImplementedError
+        """A(K)ᵀ v for a batch v."""
 
     def kernel_vjp(self, x, g):
         """∂⟨g, A(K) x⟩/∂K summed over the batch axis of x and g (A is linear in K).
         Optional: without it, `gradient="full"` differentiates the unrolled steps by autodiff."""
-        raise NotImplementedError
-
-    def sound_lipschitz_bound(self):
-        """Guaranteed upper bound on ‖A‖₂ (float64), computed from the weights."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} has no kernel_vjp")
 
     # -- power iteration --------------------------------------------------------------
     def build_iterate(self, shape):
@@ -118,7 +120,7 @@ class LipschitzLayer(keras.layers.Layer):
 
         return bound(kernel, U, V, SQ), us[-1]
 
-    def lipschitz_bound(self, training=False, gradient="full"):
+    def power_estimate(self, training=False, gradient="full"):
         """Power-iteration estimate of ‖A‖₂ as a scalar tensor.
 
         training=True runs `power_iterations` steps from the stored iterate, stores the
@@ -126,12 +128,11 @@ class LipschitzLayer(keras.layers.Layer):
         through the final `‖A u‖` (`gradient="last"`). training=False reuses the stored
         iterate without updating it.
         """
-        if gradient not in BOUND_GRADIENTS:
-            raise ValueError(f"gradient must be one of {BOUND_GRADIENTS}; got {gradient!r}")
+        check_gradient(gradient)
         kernel = self.linear_kernel()
         u = l2_normalize(ops.convert_to_tensor(self.iterate))
         if training and self.power_iterations > 0:
-            if gradient == "full" and type(self).kernel_vjp is not LipschitzLayer.kernel_vjp:
+            if gradient == "full" and self.has_kernel_vjp:
                 sigma, u = self._full_gradient_bound(kernel, u)
                 self.iterate.assign(ops.stop_gradient(u))
                 return sigma

@@ -5,7 +5,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from gloro_keras.layers._ops import conv_kernel_vjp
+from gloro_keras.ops.conv import conv_kernel_vjp
 from gloro_keras.layers.lipschitz_layer import LipschitzLayer
 
 
@@ -90,6 +90,8 @@ class LiResNetBlock(LipschitzLayer):
     def apply_adjoint(self, v, kernel):
         return ops.conv_transpose(v, kernel, strides=1, padding="same")
 
+    has_kernel_vjp = True
+
     def kernel_vjp(self, x, g):
         k, p = self.kernel_size, (self.kernel_size - 1) // 2
         return conv_kernel_vjp(x, g, (k, k), (1, 1), ((p, p), (p, p)))
@@ -106,7 +108,7 @@ class LiResNetBlock(LipschitzLayer):
     def compute_output_shape(self, input_shape):
         return input_shape
 
-    def sound_lipschitz_bound(self):
+    def sound_bound(self):
         from gloro_keras.bounds import conv2d_spectral_bound
 
         p, c = (self.kernel_size - 1) // 2, self.width

@@ -4,7 +4,8 @@ from keras import ops
 
 import numpy as np
 
-from gloro_keras.layers._ops import TINY, accumulate_float64, safe_norm
+from gloro_keras.ops.norms import TINY, safe_norm
+from gloro_keras.ops.precision import accumulate_float64
 
 
 @keras.saving.register_keras_serializable(package="gloro_keras")

@@ -1,13 +1,15 @@
 """Conventional (non-linear) residual block, for the paper's Table 3 ablation."""
 import keras
+import numpy as np
 from keras import ops
 
+from gloro_keras.layers.bounded_layer import BoundedLayer
 from gloro_keras.layers.lipschitz_conv2d import LipschitzConv2D
 from gloro_keras.layers.min_max import MinMax
 
 
 @keras.saving.register_keras_serializable(package="gloro_keras")
-class ResNetBlock(keras.layers.Layer):
+class ResNetBlock(BoundedLayer):
     """`y = x + β ⊙ Conv₂(MinMax(Conv₁(x)))`, β per channel, initialized to 0.
 
     Bound: `1 + max|β|·K₂·K₁` with K₁, K₂ the convs' spectral-norm bounds. This is the
@@ -50,23 +52,21 @@ class ResNetBlock(keras.layers.Layer):
     def _combine(self, k1, k2):
         return 1.0 + ops.max(ops.abs(self.beta)) * k1 * k2
 
-    def lipschitz_bound(self, training=False, gradient="full"):
+    def power_estimate(self, training=False, gradient="full"):
         """`1 + max|β|·K₂·K₁` from the two convs' power-iteration estimates."""
         return self._combine(
-            self.conv1.lipschitz_bound(training=training, gradient=gradient),
-            self.conv2.lipschitz_bound(training=training, gradient=gradient),
+            self.conv1.power_estimate(training=training, gradient=gradient),
+            self.conv2.power_estimate(training=training, gradient=gradient),
         )
 
-    def converge_iterate(self, **kwargs):
-        k1 = self.conv1.converge_iterate(**kwargs)
-        k2 = self.conv2.converge_iterate(**kwargs)
+    def converge_iterate(self, max_iterations=500, tolerance=1e-6):
+        k1 = self.conv1.converge_iterate(max_iterations=max_iterations, tolerance=tolerance)
+        k2 = self.conv2.converge_iterate(max_iterations=max_iterations, tolerance=tolerance)
         return float(ops.convert_to_numpy(self._combine(k1, k2)))
 
-    def sound_lipschitz_bound(self):
-        import numpy as np
-
+    def sound_bound(self):
         beta = float(np.max(np.abs(ops.convert_to_numpy(self.beta)).astype("float64")))
-        return 1.0 + beta * self.conv1.sound_lipschitz_bound() * self.conv2.sound_lipschitz_bound()
+        return 1.0 + beta * self.conv1.sound_bound() * self.conv2.sound_bound()
 
     def get_config(self):
         config = super().get_config()

@@ -5,7 +5,7 @@ import keras
 
 from gloro_keras.losses.emma import EMMA, emma_loss
 from gloro_keras.losses.gloro_crossentropy import GloroCrossentropy, gloro_crossentropy_loss
-from gloro_keras.losses.gloro_loss import GloroLoss
+from gloro_keras.losses.gloro_loss import LOSS_INPUTS, GloroLoss
 from gloro_keras.losses.trades import TRADES, trades_loss
 
 # Original gloro class names.
@@ -38,6 +38,7 @@ __all__ = [
     "EMMA",
     "GloroCrossentropy",
     "GloroLoss",
+    "LOSS_INPUTS",
     "TRADES",
     "Trades",
     "emma_loss",

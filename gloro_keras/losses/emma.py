@@ -3,14 +3,16 @@ import keras
 from keras import ops
 
 from gloro_keras.losses.gloro_loss import GloroLoss
+from gloro_keras.ops.margins import label_lift
 
 
-def emma_loss(labels, logits, lift):
+def emma_loss(labels, logits, margin_bounds, epsilon):
     """CE(y', t) with y'_i = y_i + ε·K_ti (i ≠ t), y'_t = y_t.
 
-    labels: (B,) ints; logits: (B, m); lift: (B, m) = ε·K_t,: with 0 at t.
+    labels: (B,) ints; logits: (B, m); margin_bounds: (m, m); epsilon: scalar.
     """
-    return ops.sparse_categorical_crossentropy(labels, logits + lift, from_logits=True)
+    lifted = logits + label_lift(labels, margin_bounds, epsilon)
+    return ops.sparse_categorical_crossentropy(labels, lifted, from_logits=True)
 
 
 @keras.saving.register_keras_serializable(package="gloro_keras")
@@ -23,8 +25,7 @@ class EMMA(GloroLoss):
     >>> model.compile(optimizer="adam", loss="emma", metrics=["clean_acc", "vra"])
     """
 
+    fn = staticmethod(emma_loss)
+
     def __init__(self, name="emma", **kwargs):
         super().__init__(name=name, **kwargs)
-
-    def gloro_loss(self, labels, outputs, lift):
-        return emma_loss(labels, outputs[:, :-1], lift)

@@ -3,19 +3,25 @@ import keras
 from keras import ops
 
 from gloro_keras.losses.gloro_loss import GloroLoss
+from gloro_keras.ops.margins import gloro_outputs
 
 
-def gloro_crossentropy_loss(labels, outputs):
-    """CE over [y_1..y_m, y_⊥] with the label (⊥ is never the label)."""
+def gloro_crossentropy_loss(labels, logits, margin_bounds, epsilon):
+    """CE over [y_1..y_m, y_⊥] with the label (⊥ is never the label), where
+    y_⊥ = max_{i≠j} (y_i + ε·K_ji), j = argmax y."""
+    outputs = gloro_outputs(logits, margin_bounds, epsilon)
     return ops.sparse_categorical_crossentropy(labels, outputs, from_logits=True)
 
 
 @keras.saving.register_keras_serializable(package="gloro_keras")
 class GloroCrossentropy(GloroLoss):
-    """Cross-entropy over the GloRo outputs (the m logits and ⊥), as in Leino et al. 2021."""
+    """Cross-entropy over the GloRo outputs (the m logits and ⊥), as in Leino et al. 2021.
+
+    Example:
+    >>> model.compile(optimizer="adam", loss="gloro_crossentropy", metrics=["vra"])
+    """
+
+    fn = staticmethod(gloro_crossentropy_loss)
 
     def __init__(self, name="gloro_crossentropy", **kwargs):
         super().__init__(name=name, **kwargs)
-
-    def gloro_loss(self, labels, outputs, lift):
-        return gloro_crossentropy_loss(labels, outputs)

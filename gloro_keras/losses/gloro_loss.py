@@ -1,28 +1,38 @@
 """Base class of the GloRo training losses."""
 import keras
 
-from gloro_keras.models.margins import sparse_labels
+from gloro_keras.ops.labels import sparse_labels
+
+LOSS_INPUTS = ("logits", "margin_bounds", "epsilon")
 
 
 class GloroLoss(keras.losses.Loss):
-    """A loss over a GloroModel's outputs and its margin bounds.
+    """A loss of the labels, the m logits, the margin bounds K (m, m) and the radius ε.
 
-    Used through `GloroModel.compile`, which passes `y_pred` as a (B, 2, m+1) stack:
-    row 0 = [y_1..y_m, y_⊥], row 1 = [ε·K_t1 .. ε·K_tm, 0] for the label t (0 at t).
-    Being a `keras.losses.Loss`, the reduction is scaled correctly under tf.distribute.
-    Subclasses implement `gloro_loss(labels, outputs, lift)`.
+    Subclasses set `fn`, a pure function `fn(labels, logits, margin_bounds, epsilon, **kw)`
+    returning one value per example, and return `kw` from `fn_kwargs()`.
+
+    `GloroModel.compile(loss=...)` hands it `y_pred = model.loss_inputs(outputs)`, a dict with
+    the keys `LOSS_INPUTS`; being a `keras.losses.Loss`, sample weights, the reduction and
+    its scaling under tf.distribute are Keras's own. Called directly:
+
+    >>> loss = gloro_keras.losses.EMMA()
+    >>> loss(labels, {"logits": logits, "margin_bounds": kmat, "epsilon": 0.1})
     """
 
-    def call(self, y_true, y_pred):
-        if len(y_pred.shape) != 3 or y_pred.shape[1] != 2:
-            raise ValueError(
-                f"{type(self).__name__} needs the margin bounds of a GloroModel: use it through "
-                f"GloroModel.compile(loss=...), or call the functional form "
-                f"gloro_keras.losses.{type(self).__name__.lower()}_loss(labels, ...). Got "
-                f"y_pred of shape {tuple(y_pred.shape)}."
-            )
-        m = y_pred.shape[-1] - 1
-        return self.gloro_loss(sparse_labels(y_true, m), y_pred[:, 0, :], y_pred[:, 1, :m])
+    fn = None
 
-    def gloro_loss(self, labels, outputs, lift):
-        raise NotImplementedError
+    def fn_kwargs(self):
+        return {}
+
+    def call(self, y_true, y_pred):
+        if not isinstance(y_pred, dict) or not set(LOSS_INPUTS) <= set(y_pred):
+            got = sorted(y_pred) if isinstance(y_pred, dict) else f"a {type(y_pred).__name__}"
+            raise ValueError(
+                f"{type(self).__name__} needs the logits, margin bounds and ε of a GloroModel: use "
+                f"it through GloroModel.compile(loss=...), or pass y_pred as a dict with the keys "
+                f"{LOSS_INPUTS} (GloroModel.loss_inputs). Received: {got}."
+            )
+        logits = y_pred["logits"]
+        labels = sparse_labels(y_true, logits.shape[-1])
+        return type(self).fn(labels, logits, y_pred["margin_bounds"], y_pred["epsilon"], **self.fn_kwargs())

@@ -3,15 +3,15 @@ import keras
 from keras import ops
 
 from gloro_keras.losses.gloro_loss import GloroLoss
+from gloro_keras.ops.margins import gloro_outputs
 
 
-def trades_loss(labels, outputs, lam=1.0):
+def trades_loss(labels, logits, margin_bounds, epsilon, lam=1.0):
     """CE(clean logits, t) + λ·KL(p ‖ q): p = softmax of the m clean logits (0 on ⊥),
-    q = softmax of the m + 1 GloRo outputs."""
-    logits = outputs[:, :-1]
+    q = softmax of the m + 1 GloRo outputs [y, y_⊥]."""
     ce = ops.sparse_categorical_crossentropy(labels, logits, from_logits=True)
     log_p = ops.log_softmax(logits, axis=-1)
-    log_q = ops.log_softmax(outputs, axis=-1)[:, :-1]
+    log_q = ops.log_softmax(gloro_outputs(logits, margin_bounds, epsilon), axis=-1)[:, :-1]
     kl = ops.sum(ops.exp(log_p) * (log_p - log_q), axis=-1)
     return ce + lam * kl
 
@@ -27,14 +27,19 @@ class TRADES(GloroLoss):
 
     Args:
         lam: λ, weight of the KL term (default 1).
+
+    Example:
+    >>> model.compile(optimizer="adam", loss=TRADES(lam=2.0), metrics=["vra"])
     """
+
+    fn = staticmethod(trades_loss)
 
     def __init__(self, lam=1.0, name="trades", **kwargs):
         super().__init__(name=name, **kwargs)
         self.lam = float(lam)
 
-    def gloro_loss(self, labels, outputs, lift):
-        return trades_loss(labels, outputs, self.lam)
+    def fn_kwargs(self):
+        return {"lam": self.lam}
 
     def get_config(self):
         config = super().get_config()

@@ -2,7 +2,7 @@
 import keras
 from keras import ops
 
-from gloro_keras.models.margins import sparse_labels
+from gloro_keras.ops.labels import sparse_labels
 
 
 def _split(y_true, y_pred):

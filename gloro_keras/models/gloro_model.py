@@ -7,9 +7,24 @@ import keras
 import numpy as np
 from keras import ops
 
-from gloro_keras.models import margins, rounding
-from gloro_keras.models.kernel_precision import full_precision_kernels
+from gloro_keras._compat import flatten_layers
+from gloro_keras import losses as gloro_losses
+from gloro_keras import metrics as gloro_metrics
+from gloro_keras.models import rounding
+from gloro_keras.models.converge_bounds import ConvergeBounds
 from gloro_keras.models.network_analysis import analyze, head_kernel, head_kernel_np
+from gloro_keras.ops.certificate import MarginCertificate
+from gloro_keras.ops.epsilon import check_epsilon
+from gloro_keras.ops.labels import predicted_class, sparse_labels
+from gloro_keras.ops.margins import (
+    FLOAT64_SAFETY,
+    bottom_logit,
+    pairwise_distances,
+    pairwise_distances_np,
+    pairwise_distances_upper,
+    strict_bottom_logit,
+)
+from gloro_keras.ops.precision import full_precision_kernels
 
 BOUNDS = ("sound", "power", "current")
 # "float32": certify the network as it computes in float32 (rounding included; the default).
@@ -25,7 +40,7 @@ _POLICY_LOCK = threading.Lock()
 
 
 def _network_layers(network):
-    return [network, *network._flatten_layers(include_self=False)]
+    return [network, *flatten_layers(network)]
 
 
 def _resolve_train_dtype(network, train_dtype):
@@ -51,7 +66,6 @@ def _resolve_train_dtype(network, train_dtype):
     return train_dtype
 
 
-_check_epsilon = margins.check_epsilon
 
 
 def _round_up_float32(value):
@@ -137,7 +151,7 @@ class GloroModel(keras.Model):
             raise ValueError("Pass either `network` or `inputs`/`outputs`, not both.")
         if epsilon is None:
             raise ValueError("GloroModel needs `epsilon`, the certification radius.")
-        epsilon = _check_epsilon(epsilon)
+        epsilon = check_epsilon(epsilon)
         if bound_gradient not in ("full", "last"):
             raise ValueError(f"bound_gradient must be 'full' or 'last'; got {bound_gradient!r}")
         dtype = kwargs.pop("dtype", None)
@@ -157,8 +171,7 @@ class GloroModel(keras.Model):
         self._epsilon_train = self._scalar("epsilon_train", epsilon)
         self._bound_cache = self._scalar("bound_cache", 0.0)
         self._bound_cache_valid = self._scalar("bound_cache_valid", 0.0)
-        self._stash = threading.local()
-        self._loss_needs_bounds = False
+        self.gloro_loss = None  # the GloroLoss given to compile, if any
         self._sound_cache = {}
         self._value_cache = {}
         try:
@@ -196,7 +209,7 @@ class GloroModel(keras.Model):
 
     @epsilon.setter
     def epsilon(self, value):
-        self._epsilon.assign(_check_epsilon(value))
+        self._epsilon.assign(check_epsilon(value))
 
     @property
     def epsilon_train(self):
@@ -205,7 +218,7 @@ class GloroModel(keras.Model):
 
     @epsilon_train.setter
     def epsilon_train(self, value):
-        self._epsilon_train.assign(_check_epsilon(value, "epsilon_train"))
+        self._epsilon_train.assign(check_epsilon(value, "epsilon_train"))
 
     # -- precision -------------------------------------------------------------------
     def _set_network_policy(self, policy):
@@ -235,6 +248,12 @@ class GloroModel(keras.Model):
                 if self._policy_users == 0:
                     self._set_network_policy("float32")
 
+    @property
+    def bounded_layers(self):
+        """The body's `BoundedLayer`s, in forward order (K is the product of their bounds
+        and of the other body layers' fixed constants)."""
+        return list(self._plan.bounded)
+
     # -- forward ---------------------------------------------------------------------
     def body_bound(self, training=False):
         """K, the product of the body's layer bounds, as a scalar tensor.
@@ -245,7 +264,7 @@ class GloroModel(keras.Model):
         """
         k = ops.convert_to_tensor(self._plan.constant, dtype="float32")
         for layer in self._plan.bounded:
-            k = k * ops.cast(layer.lipschitz_bound(training=training, gradient=self.bound_gradient), "float32")
+            k = k * ops.cast(layer.power_estimate(training=training, gradient=self.bound_gradient), "float32")
         if training:
             self._bound_cache_valid.assign(0.0)
             return k
@@ -255,23 +274,28 @@ class GloroModel(keras.Model):
     def margin_bounds(self, training=False):
         """(m, m) tensor K_ij bounding the Lipschitz constant of y_i − y_j."""
         w = ops.cast(head_kernel(self._plan.head), "float32")
-        return self.body_bound(training) * margins.pairwise_distances(w)
+        return self.body_bound(training) * pairwise_distances(w)
 
     def call(self, inputs, training=False):
+        """Inference: the (B, m+1) outputs [y_1..y_m, y_⊥]. Training (`training=True`, as in
+        `fit`): a dict with those `outputs` and what the loss needs, `logits`,
+        `margin_bounds` (this step's K_ij, power iteration advanced once) and `epsilon`
+        (ε_train); `compute_loss` and `compute_metrics` take it apart."""
         if not training and self._rounding is not None:
             return self._inference_call(inputs)
         with self._network_precision(training):
             logits = ops.cast(self.network(inputs, training=training), "float32")
         kmat = self.margin_bounds(training)
-        self._stash.kmat = kmat
         eps = ops.convert_to_tensor(self._epsilon_train if training else self._epsilon)
-        y_bot = margins.bottom_logit(logits, kmat, eps)
-        if not training:
-            y_bot = margins.strict_bottom_logit(logits, y_bot)
-            # A non-finite output is never certified: ⊥ wins the argmax.
-            finite = ops.all(ops.isfinite(logits), axis=-1)
-            y_bot = ops.where(finite, y_bot, _BIG)
-            logits = ops.where(finite[:, None], logits, -_BIG)
+        y_bot = bottom_logit(logits, kmat, eps)
+        if training:
+            outputs = ops.concatenate([logits, y_bot[:, None]], axis=-1)
+            return {"outputs": outputs, "logits": logits, "margin_bounds": kmat, "epsilon": eps}
+        y_bot = strict_bottom_logit(logits, y_bot)
+        # A non-finite output is never certified: ⊥ wins the argmax.
+        finite = ops.all(ops.isfinite(logits), axis=-1)
+        y_bot = ops.where(finite, y_bot, _BIG)
+        logits = ops.where(finite[:, None], logits, -_BIG)
         return ops.concatenate([logits, y_bot[:, None]], axis=-1)
 
     def _inference_call(self, inputs):
@@ -288,9 +312,8 @@ class GloroModel(keras.Model):
         logits, cs, ch = an.terms(inputs)
         logits = ops.cast(logits, "float32")
         w = ops.cast(head_kernel(self._plan.head), "float32")
-        dist = margins.pairwise_distances_upper(w)
+        dist = pairwise_distances_upper(w)
         kmat = self.body_bound(False) * dist
-        self._stash.kmat = kmat
         eps = ops.convert_to_tensor(self._epsilon)
         p = [self._rounding_params[k] for k in range(an.num_params)]
         alpha, beta, lip = an.coefficients(cs, p, ops.zeros_like(cs[0]))
@@ -312,7 +335,7 @@ class GloroModel(keras.Model):
         thr = logits + c
         thr = thr + 4 * u * (ops.abs(logits) + c) + 2.0 ** -120
         y_bot = ops.max(ops.where(onehot > 0, float("-inf"), thr), axis=-1)
-        y_bot = margins.strict_bottom_logit(logits, y_bot)
+        y_bot = strict_bottom_logit(logits, y_bot)
         finite = ops.all(ops.isfinite(logits), axis=-1) & ops.isfinite(y_bot)
         y_bot = ops.where(finite, y_bot, _BIG)
         logits = ops.where(finite[:, None], logits, -_BIG)
@@ -332,19 +355,27 @@ class GloroModel(keras.Model):
     def compile(self, optimizer="rmsprop", loss=None, metrics=None, jit_compile=None, **kwargs):
         """`keras.Model.compile`, plus GloRo names: loss "emma" | "gloro_crossentropy" |
         "trades" (and the original gloro's "sparse_crossentropy", "sparse_trades_kl.1.5",
-        ...), metrics "clean_acc" | "vra" | "rejection_rate". jit_compile defaults to
-        False on TensorFlow (graph mode is faster on CPU and XLA fails under tf.distribute
-        on CPU) and "auto" elsewhere."""
-        from gloro_keras import losses as gloro_losses
-        from gloro_keras import metrics as gloro_metrics
-
+        ...), metrics "clean_acc" | "vra" | "rejection_rate". A `GloroLoss` is applied by
+        `compute_loss` to `loss_inputs(y_pred)`; any other loss to the (B, m+1) outputs.
+        jit_compile defaults to False on TensorFlow (graph mode is faster on CPU and XLA
+        fails under tf.distribute on CPU) and "auto" elsewhere."""
         loss = gloro_losses.get(loss) if loss is not None else None
         if metrics is not None:
             metrics = [gloro_metrics.get(m) for m in metrics]
         if jit_compile is None:
             jit_compile = False if keras.backend.backend() == "tensorflow" else "auto"
-        self._loss_needs_bounds = isinstance(loss, gloro_losses.GloroLoss)
-        super().compile(optimizer=optimizer, loss=loss, metrics=metrics, jit_compile=jit_compile, **kwargs)
+        gloro = isinstance(loss, gloro_losses.GloroLoss)
+        super().compile(optimizer=optimizer, loss=None if gloro else loss, metrics=metrics,
+                        jit_compile=jit_compile, **kwargs)
+        self.gloro_loss = loss if gloro else None
+        if gloro:
+            self.loss = loss
+
+    def get_compile_config(self):
+        config = super().get_compile_config()
+        if config is not None and self.gloro_loss is not None:
+            config["loss"] = keras.saving.serialize_keras_object(self.gloro_loss)
+        return config
 
     def compile_from_config(self, config):
         """Re-compile after `load_model` (the optimizer state is then restored)."""
@@ -352,24 +383,32 @@ class GloroModel(keras.Model):
         if getattr(self, "optimizer", None) is not None and self.built:
             self.optimizer.build(self.trainable_variables)
 
-    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        if self._loss_needs_bounds and y is not None and y_pred is not None:
-            y_pred = self._loss_inputs(y, y_pred, training)
-        return super().compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training)
+    def loss_inputs(self, y_pred):
+        """What a `GloroLoss` needs, from the result of a call: {"logits": (B, m),
+        "margin_bounds": (m, m) K_ij, "epsilon": ε}. A training call's own bound and ε_train;
+        for an inference call's outputs, the cached (or stored-iterate) bound and ε."""
+        if isinstance(y_pred, dict):
+            return {k: y_pred[k] for k in gloro_losses.LOSS_INPUTS}
+        logits = ops.cast(y_pred, "float32")[:, : self.num_classes]
+        return {"logits": logits, "margin_bounds": self.margin_bounds(training=False),
+                "epsilon": ops.convert_to_tensor(self._epsilon)}
 
-    def _loss_inputs(self, y, y_pred, training):
-        """Stack [logits, y_⊥] with [ε·K_t,: , 0] (t = label) for the GloRo losses."""
-        kmat = getattr(self._stash, "kmat", None)
-        if kmat is None:
-            kmat = self.margin_bounds(training=False)
-        else:
-            del self._stash.kmat
-        m = self.num_classes
-        labels = margins.sparse_labels(y, m)
-        eps = ops.convert_to_tensor(self._epsilon_train if training else self._epsilon)
-        lift = eps * ops.take(kmat, labels, axis=0) * (1.0 - ops.one_hot(labels, m))
-        lift = ops.concatenate([lift, ops.zeros_like(lift[:, :1])], axis=-1)
-        return ops.stack([ops.cast(y_pred, "float32"), lift], axis=1)
+    @staticmethod
+    def _outputs(y_pred):
+        return y_pred["outputs"] if isinstance(y_pred, dict) else y_pred
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        if self.gloro_loss is None or y is None or y_pred is None:
+            y_pred = None if y_pred is None else self._outputs(y_pred)
+            return super().compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training)
+        loss = self.gloro_loss(y, self.loss_inputs(y_pred), sample_weight=sample_weight)
+        if self.losses:  # regularization losses added by layers
+            loss = loss + super().compute_loss(x=x, y=y, y_pred=self._outputs(y_pred),
+                                               sample_weight=sample_weight, training=training)
+        return loss
+
+    def compute_metrics(self, x, y, y_pred, sample_weight=None):
+        return super().compute_metrics(x, y, self._outputs(y_pred), sample_weight=sample_weight)
 
     def _check_labels(self, y):
         if y is None or not hasattr(y, "shape") or not hasattr(y, "dtype"):
@@ -384,7 +423,7 @@ class GloroModel(keras.Model):
 
     def fit(self, x=None, y=None, *args, converge_bounds=True, **kwargs):
         """`keras.Model.fit`. With `converge_bounds=True` (default) a
-        `gloro_keras.train.ConvergeBounds()` callback is added unless one is given: the
+        `ConvergeBounds()` callback is added unless one is given: the
         iterates are converged and the sound bound cached before every evaluation and at
         the end of training, so validation metrics and later `evaluate`/`predict` calls
         certify with it (as the original gloro's `UpdatePowerIterates`)."""
@@ -393,8 +432,6 @@ class GloroModel(keras.Model):
         if isinstance(vd, (tuple, list)) and len(vd) >= 2:
             self._check_labels(vd[1])
         if converge_bounds and len(args) < 4:  # callbacks not given positionally
-            from gloro_keras.train.callbacks import ConvergeBounds
-
             callbacks = list(kwargs.get("callbacks") or [])
             if not any(isinstance(c, ConvergeBounds) for c in callbacks):
                 callbacks.append(ConvergeBounds())
@@ -440,7 +477,7 @@ class GloroModel(keras.Model):
         if bound == "current":
             k = self._plan.constant
             for layer in self._plan.bounded:
-                k *= float(ops.convert_to_numpy(layer.lipschitz_bound(training=False)))
+                k *= float(ops.convert_to_numpy(layer.power_estimate(training=False)))
             return k
         key = self._fingerprint()
         if key not in self._sound_cache:
@@ -448,16 +485,16 @@ class GloroModel(keras.Model):
             from threadpoolctl import threadpool_limits
 
             with threadpool_limits(limits=1, user_api="blas"):
-                k = self._plan.constant * (1.0 + margins.FLOAT64_SAFETY)
+                k = self._plan.constant * (1.0 + FLOAT64_SAFETY)
                 for layer in self._plan.bounded:
-                    k *= float(layer.sound_lipschitz_bound())
+                    k *= float(layer.sound_bound())
             self._sound_cache = {key: k}
         return self._sound_cache[key]
 
     def margin_bound_matrix(self, bound="sound"):
         """float64 (m, m) matrix K_ij bounding the Lipschitz constant of y_i − y_j."""
         w = head_kernel_np(self._plan.head)
-        return self.lipschitz_bound(bound) * margins.pairwise_distances_np(w)
+        return self.lipschitz_bound(bound) * pairwise_distances_np(w)
 
     def update_bound_cache(self, bound="sound"):
         """Compute K once (see `lipschitz_bound`) and use it for inference calls
@@ -471,6 +508,18 @@ class GloroModel(keras.Model):
         self._bound_cache_valid.assign(1.0)
         return k
 
+    @property
+    def bound_cache_valid(self):
+        """Whether inference calls use the bound cached by `update_bound_cache` (True until
+        the next training step changes the weights)."""
+        return float(ops.convert_to_numpy(self._bound_cache_valid)) > 0.5
+
+    @property
+    def cached_bound(self):
+        """K as cached by `update_bound_cache` (float32, rounded up), or None when the cache is
+        not valid."""
+        return float(ops.convert_to_numpy(self._bound_cache)) if self.bound_cache_valid else None
+
     def _layer_value_fn(self, bound):
         """value(layer): a bounded leaf layer's bound of kind `bound` (sound: cached)."""
         if bound == "sound":
@@ -481,13 +530,13 @@ class GloroModel(keras.Model):
             def value(layer):
                 cache = self._value_cache.setdefault(key, {})
                 if id(layer) not in cache:
-                    cache[id(layer)] = float(layer.sound_lipschitz_bound())
+                    cache[id(layer)] = float(layer.sound_bound())
                 return cache[id(layer)]
 
             return value
         if bound == "power":
             self.lipschitz_bound("power")
-        return lambda layer: float(ops.convert_to_numpy(layer.lipschitz_bound(training=False)))
+        return lambda layer: float(ops.convert_to_numpy(layer.power_estimate(training=False)))
 
     # -- certification ---------------------------------------------------------------
     def predict_logits(self, x, batch_size=256, verbose=0):
@@ -531,7 +580,7 @@ class GloroModel(keras.Model):
 
         def value(layer):
             if id(layer) not in cache:
-                cache[id(layer)] = float(layer.sound_lipschitz_bound())
+                cache[id(layer)] = float(layer.sound_bound())
             return cache[id(layer)]
 
 
@@ -539,19 +588,19 @@ class GloroModel(keras.Model):
 
         with threadpool_limits(limits=1, user_api="blas"):
             params = an.params(value)
-            k = plan.constant * (1.0 + margins.FLOAT64_SAFETY)
+            k = plan.constant * (1.0 + FLOAT64_SAFETY)
             for layer in plan.bounded:
                 k *= value(layer)
         out = np.asarray(probe.predict(np.asarray(x, np.float64), batch_size=batch_size, verbose=0), np.float64)
         m = self.num_classes
         logits, cs, ch = out[:, :m], out[:, m:-m], out[:, -m:]
         w_ref = head_kernel_np(plan.head)
-        dist = margins.pairwise_distances_np(w_ref)
-        a, b = rounding.error_terms_np(an, list(cs.T), ch, params, w_ref, dist, margins.predicted_class(logits))
-        return margins.MarginCertificate.build(logits, k * dist, a, b)
+        dist = pairwise_distances_np(w_ref)
+        a, b = rounding.error_terms_np(an, list(cs.T), ch, params, w_ref, dist, predicted_class(logits))
+        return MarginCertificate.build(logits, k * dist, a, b)
 
     def margin_certificate(self, x, bound="sound", arithmetic="float32", batch_size=256):
-        """Everything `certify` and `certified_radius` need, as a `margins.MarginCertificate`.
+        """Everything `certify` and `certified_radius` need, as a `MarginCertificate`.
 
         arithmetic="float32" (default): the certificate is about the network as it computes
         in float32 (TF32 off), for any summation order and batch: the margins must exceed
@@ -568,7 +617,7 @@ class GloroModel(keras.Model):
             return self._float64_certificate(x, bound, batch_size)
         kmat = self.margin_bound_matrix(bound)
         if arithmetic == "exact":
-            return margins.MarginCertificate.build(self.predict_logits(x, batch_size), kmat)
+            return MarginCertificate.build(self.predict_logits(x, batch_size), kmat)
         an = self._rounding
         if an is None:
             raise ValueError(f"Cannot certify the float32 network: {self._rounding_unsupported}")
@@ -578,16 +627,16 @@ class GloroModel(keras.Model):
         m = self.num_classes
         logits, cs, ch = out[:, :m], out[:, m:-m], out[:, -m:]
         w_ref = head_kernel_np(self._plan.head)
-        pred = margins.predicted_class(logits)
-        a, b = rounding.error_terms_np(an, list(cs.T), ch, params, w_ref, margins.pairwise_distances_np(w_ref), pred)
-        return margins.MarginCertificate.build(logits, kmat, a, b)
+        pred = predicted_class(logits)
+        a, b = rounding.error_terms_np(an, list(cs.T), ch, params, w_ref, pairwise_distances_np(w_ref), pred)
+        return MarginCertificate.build(logits, kmat, a, b)
 
     def certify(self, x, epsilon=None, bound="sound", batch_size=256, arithmetic="float32"):
         """Certified class per input, or `num_classes` (⊥) where robustness at `epsilon`
         (default: self.epsilon) cannot be certified for the float32 network as it computes
         (`arithmetic`, see `margin_certificate`). The bound is computed once per call.
         Inputs with non-finite values (or non-finite logits) and ties always get ⊥."""
-        eps = self.epsilon if epsilon is None else _check_epsilon(epsilon)
+        eps = self.epsilon if epsilon is None else check_epsilon(epsilon)
         return self.margin_certificate(x, bound, arithmetic, batch_size).certify(eps)
 
     def certified_radius(self, x, bound="sound", batch_size=256, arithmetic="float32"):

@@ -5,14 +5,16 @@ import math
 import keras
 import numpy as np
 
+from gloro_keras._compat import producer
+from gloro_keras.layers import BoundedLayer, MinMax
+
 
 @dataclasses.dataclass
 class BoundPlan:
     """How a GloroModel bounds its network.
 
     layers: every body layer (all but the head), in forward order.
-    bounded: layers with a learned bound (`lipschitz_bound`, `converge_iterate`,
-        `sound_lipschitz_bound`), in forward order.
+    bounded: the `BoundedLayer`s (learned bounds), in forward order.
     constant: product of the fixed Lipschitz constants of the other body layers.
     head: the final linear layer; the margin y_i − y_j has Lipschitz constant
         K·‖w_i − w_j‖ with W = `head_kernel(head)`.
@@ -47,11 +49,9 @@ def _chain(model):
         layers = []
         tensor = model.outputs[0]
         while True:
-            op, node_index, _ = tensor._keras_history
+            op, inputs = producer(tensor)
             if isinstance(op, keras.layers.InputLayer):
                 break
-            node = op._inbound_nodes[node_index]
-            inputs = node.input_tensors
             if len(inputs) != 1:
                 raise ValueError(
                     f"GloroModel needs a chain of layers, but '{op.name}' has {len(inputs)} "
@@ -91,8 +91,8 @@ def _activation_name(layer):
 def constant_lipschitz(layer):
     """Fixed Lipschitz constant of a parameter-free layer, or None if unsupported."""
     L = keras.layers
-    if hasattr(layer, "lipschitz_constant"):
-        return float(layer.lipschitz_constant())
+    if isinstance(layer, MinMax):
+        return 1.0
     if isinstance(layer, (L.Flatten, L.Reshape, L.Permute, L.Identity, L.ZeroPadding2D, L.Cropping2D)):
         return 1.0
     if isinstance(layer, L.Rescaling):
@@ -157,7 +157,7 @@ def analyze(network):
         raise ValueError(f"The head '{head.name}' must output (batch, classes) logits.")
     bounded, constant = [], 1.0
     for layer in body:
-        if hasattr(layer, "lipschitz_bound"):
+        if isinstance(layer, BoundedLayer):
             bounded.append(layer)
             continue
         c = constant_lipschitz(layer)

@@ -34,7 +34,7 @@ import numpy as np
 from keras import ops
 
 from gloro_keras.layers import LipschitzConv2D, LipschitzDense, LiResNetBlock, LLNDense, MinMax, ResNetBlock
-from gloro_keras.layers._ops import accumulate_float64
+from gloro_keras.ops.precision import accumulate_float64
 
 U32 = 2.0 ** -24  # unit roundoff of float32, round to nearest
 U64 = 2.0 ** -53

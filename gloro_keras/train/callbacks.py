@@ -17,13 +17,12 @@ they add are then recorded.
 """
 from __future__ import annotations
 
-import warnings
-
 import keras
 import numpy as np
 
+from gloro_keras.models.converge_bounds import ConvergeBounds
+from gloro_keras.ops.epsilon import check_epsilon
 from gloro_keras.train.schedules import EpsilonSchedule
-from gloro_keras.models.margins import check_epsilon
 
 __all__ = [
     "ConvergeBounds",
@@ -119,94 +118,6 @@ class EpsilonScheduler(keras.callbacks.Callback):
             logs["epsilon_train"] = float(self.current)
 
 
-def _bounds_available():
-    try:
-        import gloro_keras.bounds  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-class ConvergeBounds(keras.callbacks.Callback):
-    """Converge the Lipschitz bound before every evaluation and at the end of training.
-
-    `on_test_begin` (validation inside `fit`, or `evaluate`) and `on_train_end` run
-    `model.converge_bounds(max_iterations, tolerance)` (500 power iterations by default)
-    and `model.update_bound_cache(bound)`, so the evaluated VRA uses one converged bound
-    for the whole test set. `bound="sound"` (default) caches the provable upper bound;
-    if it is unavailable it falls back to "power" with a warning. The last bound is
-    added to `logs["lipschitz_bound"]` at the end of each epoch.
-    """
-
-    def __init__(self, bound="sound", max_iterations=500, tolerance=1e-6, at_train_end=True):
-        super().__init__()
-        if bound not in ("sound", "power"):
-            raise ValueError(f"bound must be 'sound' or 'power'; got {bound!r}")
-        self.bound = bound
-        self.max_iterations = max_iterations
-        self.tolerance = tolerance
-        self.at_train_end = at_train_end
-        self.last_bound = None
-        self.last_bound_kind = None
-        self._fresh = False
-        self._stale = True
-        self._in_fit = False
-
-    def _cache_is_current(self):
-        if self._stale or self.last_bound is None:
-            return False
-        valid = getattr(self.model, "_bound_cache_valid", None)
-        return valid is not None and float(keras.ops.convert_to_numpy(valid)) > 0.5
-
-    def converge(self, force=False):
-        """Converge and cache (skipped if nothing trained since the last time); returns K."""
-        if not force and self._cache_is_current():
-            self._fresh = True
-            return self.last_bound
-        model = self.model
-        model.converge_bounds(max_iterations=self.max_iterations, tolerance=self.tolerance)
-        kind = self.bound
-        if kind == "sound" and not _bounds_available():
-            warnings.warn("gloro_keras.bounds is unavailable: caching the converged power bound instead.")
-            kind = "power"
-        try:
-            k = model.update_bound_cache(kind)
-        except (ImportError, NotImplementedError) as e:
-            if kind != "sound":
-                raise
-            warnings.warn(f"sound bound unavailable ({e}); caching the converged power bound instead.")
-            kind = "power"
-            k = model.update_bound_cache(kind)
-        self.last_bound, self.last_bound_kind = float(k), kind
-        self._fresh = True
-        self._stale = False
-        return k
-
-    def on_train_begin(self, logs=None):
-        self._stale = True
-        self._in_fit = True
-
-    def on_train_batch_begin(self, batch, logs=None):
-        self._stale = True
-
-    def on_test_begin(self, logs=None):
-        # Inside fit, "nothing trained since" is tracked reliably; a stand-alone evaluate
-        # always converges (the weights may have been changed or loaded meanwhile).
-        self.converge(force=not self._in_fit)
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._fresh = False
-
-    def on_epoch_end(self, epoch, logs=None):
-        if logs is not None and self._fresh and self.last_bound is not None:
-            logs["lipschitz_bound"] = self.last_bound
-
-    def on_train_end(self, logs=None):
-        self._in_fit = False
-        if self.at_train_end:
-            self.converge()
-
-
 class VRALogger(keras.callbacks.Callback):
     """Add the GloRo quantities to the per-epoch `logs` (so CSVLogger/TensorBoard record them).
 
@@ -298,10 +209,5 @@ class LearningRateLogger(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if logs is None:
             return
-        opt = self.model.optimizer
-        schedule = getattr(opt, "_learning_rate", None)
-        if isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
-            lr = schedule(opt.iterations)
-        else:
-            lr = opt.learning_rate
-        logs["lr"] = float(keras.ops.convert_to_numpy(lr))
+        # `learning_rate` evaluates a schedule at the optimizer's current iteration
+        logs["lr"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))

@@ -112,7 +112,7 @@ def load_model(path):
 
 
 def test_certificate(model, cfg, bound, arithmetic="float32"):
-    """(margins.MarginCertificate, labels int (N,), info) over the test split."""
+    """(MarginCertificate, labels int (N,), info) over the test split."""
     import numpy as np
 
     from gloro_keras.train import data
@@ -129,7 +129,8 @@ def test_certificate(model, cfg, bound, arithmetic="float32"):
     if cfg.get("test_examples"):
         test = test.take(cfg["test_examples"])
     ds = data.make_pipeline(test, cfg["batch_size"], training=False, info=info)
-    from gloro_keras.models.margins import MarginCertificate
+    from gloro_keras.ops.certificate import MarginCertificate
+    from gloro_keras.ops.epsilon import check_epsilon
 
     parts, labels = [], []
     for x, y in ds.as_numpy_iterator():
@@ -149,7 +150,7 @@ def _stats(values):
 
 
 def certify_logits(cert, labels, epsilon):
-    """Certification statistics from a margins.MarginCertificate and the labels."""
+    """Certification statistics from a MarginCertificate and the labels."""
     import numpy as np
 
     m = cert.num_classes
@@ -192,7 +193,8 @@ def extra_evaluations(model, cert, labels, cfg, kmat, eps):
     """PGD accuracy, margin-Lipschitz lower bound and soundness self-check (by flags)."""
     import numpy as np
 
-    from gloro_keras.models import margins
+    from gloro_keras.ops.certificate import MarginCertificate
+    from gloro_keras.ops.epsilon import check_epsilon
 
     if not (cfg.get("attack") or cfg.get("lower_bound") or cfg.get("soundness_check")):
         return {}
@@ -229,7 +231,8 @@ def write_plots(cert, labels, eps, folder):
     import numpy as np
 
     from gloro_keras.evaluation import plots
-    from gloro_keras.models import margins
+    from gloro_keras.ops.certificate import MarginCertificate
+    from gloro_keras.ops.epsilon import check_epsilon
 
     os.makedirs(folder, exist_ok=True)
     radius = cert.radius()
@@ -244,7 +247,8 @@ def write_plots(cert, labels, eps, folder):
 
 def certify(cfg):
     """Run the certification described by `cfg` (dict of the flag values); returns the report."""
-    from gloro_keras.models.margins import check_epsilon
+    from gloro_keras.ops.certificate import MarginCertificate
+    from gloro_keras.ops.epsilon import check_epsilon
 
     if cfg.get("epsilon") is not None:
         try:

@@ -186,7 +186,7 @@ def validate_config(cfg):
         cfg["loss"] = "gloro_crossentropy"
     if cfg["width"] % 2:
         raise ConfigError(f"width must be even; got {cfg['width']}")
-    from gloro_keras.models.margins import check_epsilon
+    from gloro_keras.ops.epsilon import check_epsilon
 
     try:
         cfg["epsilon"] = check_epsilon(cfg["epsilon"], "--epsilon")

@@ -1,4 +1,4 @@
-"""Full-precision float32 kernels for certification (no TF32 on Ampere and newer GPUs).
+"""Arithmetic precision: float64 accumulation and full-precision float32 kernels.
 
 TensorFlow runs float32 matmuls and convolutions in TF32 (10-bit mantissa, u = 2⁻¹¹) by default
 on Ampere and newer NVIDIA GPUs, and JAX's default matmul precision may do the same. The rounding
@@ -9,6 +9,7 @@ inside `full_precision_kernels()`. Training is left as the user configured it.
 import contextlib
 
 import keras
+from keras import ops
 
 
 @contextlib.contextmanager
@@ -31,3 +32,27 @@ def full_precision_kernels():
             yield
     else:
         yield
+
+
+def float64_available():
+    """Whether float64 arithmetic really runs in float64 (JAX needs `jax_enable_x64`)."""
+    if keras.backend.backend() == "jax":
+        import jax
+
+        return bool(jax.config.jax_enable_x64)
+    return True
+
+
+def accumulate_float64(training, enabled, compute_dtype):
+    """Whether an inference call should accumulate its products in float64 (see layers'
+    `float64_inference`): not when training, nor when float64 is not available."""
+    return bool(enabled) and not training and compute_dtype == "float32" and float64_available()
+
+
+def float64_affine(linear, x, kernel, bias, compute_dtype):
+    """`linear(x, kernel) + bias` with float32 operands cast to float64 (products exact),
+    summed in float64 and rounded to `compute_dtype` once."""
+    y = linear(ops.cast(x, "float64"), ops.cast(kernel, "float64"))
+    if bias is not None:
+        y = y + ops.cast(bias, "float64")
+    return ops.cast(y, compute_dtype)

@@ -1,0 +1,84 @@
+"""The callback that keeps a GloroModel's inference bound converged during `fit`.
+
+It lives with the model because `GloroModel.fit` adds it by default; it is re-exported from
+`gloro_keras.train` with the other callbacks.
+"""
+import warnings
+
+import keras
+
+
+class ConvergeBounds(keras.callbacks.Callback):
+    """Converge the Lipschitz bound before every evaluation and at the end of training.
+
+    `on_test_begin` (validation inside `fit`, or `evaluate`) and `on_train_end` run
+    `model.converge_bounds(max_iterations, tolerance)` (500 power iterations by default)
+    and `model.update_bound_cache(bound)`, so the evaluated VRA uses one converged bound
+    for the whole test set. `bound="sound"` (default) caches the provable upper bound;
+    if it is unavailable it falls back to "power" with a warning. The last bound is
+    added to `logs["lipschitz_bound"]` at the end of each epoch.
+    """
+
+    def __init__(self, bound="sound", max_iterations=500, tolerance=1e-6, at_train_end=True):
+        super().__init__()
+        if bound not in ("sound", "power"):
+            raise ValueError(f"bound must be 'sound' or 'power'; got {bound!r}")
+        self.bound = bound
+        self.max_iterations = max_iterations
+        self.tolerance = tolerance
+        self.at_train_end = at_train_end
+        self.last_bound = None
+        self.last_bound_kind = None
+        self._fresh = False
+        self._stale = True
+        self._in_fit = False
+
+    def _cache_is_current(self):
+        if self._stale or self.last_bound is None:
+            return False
+        return self.model.bound_cache_valid
+
+    def converge(self, force=False):
+        """Converge and cache (skipped if nothing trained since the last time); returns K."""
+        if not force and self._cache_is_current():
+            self._fresh = True
+            return self.last_bound
+        model = self.model
+        model.converge_bounds(max_iterations=self.max_iterations, tolerance=self.tolerance)
+        kind = self.bound
+        try:
+            k = model.update_bound_cache(kind)
+        except (ImportError, NotImplementedError) as e:
+            if kind != "sound":
+                raise
+            warnings.warn(f"sound bound unavailable ({e}); caching the converged power bound instead.")
+            kind = "power"
+            k = model.update_bound_cache(kind)
+        self.last_bound, self.last_bound_kind = float(k), kind
+        self._fresh = True
+        self._stale = False
+        return k
+
+    def on_train_begin(self, logs=None):
+        self._stale = True
+        self._in_fit = True
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._stale = True
+
+    def on_test_begin(self, logs=None):
+        # Inside fit, "nothing trained since" is tracked reliably; a stand-alone evaluate
+        # always converges (the weights may have been changed or loaded meanwhile).
+        self.converge(force=not self._in_fit)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._fresh = False
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None and self._fresh and self.last_bound is not None:
+            logs["lipschitz_bound"] = self.last_bound
+
+    def on_train_end(self, logs=None):
+        self._in_fit = False
+        if self.at_train_end:
+            self.converge()

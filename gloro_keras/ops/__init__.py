@@ -1,0 +1,35 @@
+"""Shared math at the bottom of the library: norms, padding, labels, margins, certificates,
+precision. Imports only Keras and NumPy; every other gloro_keras module may import it.
+
+    from gloro_keras.ops import bottom_logit, check_epsilon, MarginCertificate
+"""
+from gloro_keras.ops.certificate import MarginCertificate, certified_radius_np, certify_np
+from gloro_keras.ops.conv import conv_kernel_vjp
+from gloro_keras.ops.epsilon import check_epsilon
+from gloro_keras.ops.labels import finite_argmax, predicted_class, sparse_labels
+from gloro_keras.ops.margins import (
+    FLOAT64_SAFETY,
+    bottom_logit,
+    gloro_outputs,
+    label_lift,
+    pairwise_distances,
+    pairwise_distances_np,
+    pairwise_distances_upper,
+    strict_bottom_logit,
+)
+from gloro_keras.ops.norms import TINY, l2_normalize, safe_norm
+from gloro_keras.ops.padding import as_pair, explicit_padding, normalize_padding
+from gloro_keras.ops.precision import (
+    accumulate_float64,
+    float64_affine,
+    float64_available,
+    full_precision_kernels,
+)
+
+__all__ = [
+    "FLOAT64_SAFETY", "MarginCertificate", "TINY", "accumulate_float64", "as_pair", "bottom_logit",
+    "certified_radius_np", "certify_np", "check_epsilon", "conv_kernel_vjp", "explicit_padding",
+    "finite_argmax", "float64_affine", "float64_available", "full_precision_kernels", "gloro_outputs",
+    "l2_normalize", "label_lift", "normalize_padding", "pairwise_distances", "pairwise_distances_np",
+    "pairwise_distances_upper", "predicted_class", "safe_norm", "sparse_labels", "strict_bottom_logit",
+]
