@@ -1,8 +1,11 @@
-"""Helpers for bench/run.py: environment capture, side-by-side timing, formatting.
+"""Shared helpers of the benchmark scripts: the benchmark setup (batch, ε, models, data),
+side-by-side timing, environment capture, goals, summary rows and the report writer.
 
 Nothing here imports TensorFlow at module level, so the memory child processes and the
-argument parsing stay cheap.
+argument parsing stay cheap. Only the public gloro_keras API is used.
 """
+import argparse
+import json
 import os
 import platform
 import resource
@@ -10,6 +13,201 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared/data/cifar10-jpeg.npz"
+RESULTS = REPO / "bench" / "results"
+
+BATCH = 256
+NUM_CLASSES = 10
+INPUT_SHAPE = (32, 32, 3)
+EPSILON = 36 / 255
+POWER_ITERATIONS = 10
+
+GOALS = {  # key: (op, goal, bar)
+    "train_ratio": ("<=", 1.05, 1.15),
+    # against PyTorch timed side by side in the same session (bench/torch_reference.py) only
+    "speedup_vs_pytorch": (">=", 1.5, None),
+    # certify = one float32 forward pass plus the rounding-analysis pass of the certificates
+    # (the rounding terms that make them hold for the network as it computes in float32), so
+    # it costs ~1.4-1.5x predict by design; 1.6 leaves room for noise, not for a regression.
+    "certify_ratio": ("<=", 1.6, None),
+    "pipeline_ratio": (">=", 5.0, None),
+    "memory_ratio": ("<=", 1.2, None),
+}
+
+
+# -- arguments ----------------------------------------------------------------------------
+def parse_config(s):
+    """'L6W128' -> (6, 128)."""
+    s = s.strip().upper()
+    if not (s.startswith("L") and "W" in s):
+        raise argparse.ArgumentTypeError(f"config must look like L6W128; got {s!r}")
+    L, W = s[1:].split("W")
+    return int(L), int(W)
+
+
+def add_common_args(ap, configs="L6W64,L6W128,L12W128"):
+    ap.add_argument("--configs", default=configs, help="comma-separated LxWy configs (default %(default)s)")
+    ap.add_argument("--repeats", type=int, default=5, help="timed rounds of training steps")
+    ap.add_argument("--steps", type=int, default=1, help="train steps per variant per round")
+    ap.add_argument("--no-bf16", action="store_true", help="skip the mixed-bfloat16 variants")
+    ap.add_argument("--quick", action="store_true",
+                    help="a short run: L6W64, fewer repeats (explicit options still apply; see bench/README.md)")
+    ap.add_argument("--name", default=None, help="output file stem")
+    ap.add_argument("--out", default=str(RESULTS), help="output folder (default bench/results)")
+
+
+def parse_args(ap, argv, quick):
+    """Parse; with --quick, `quick` replaces the defaults (flags given explicitly still win)."""
+    args = ap.parse_args(argv)
+    if args.quick:
+        ap.set_defaults(**quick)
+        args = ap.parse_args(argv)
+    return args
+
+
+def config_list(args):
+    configs = [c.strip().upper() for c in args.configs.split(",") if c.strip()]
+    for c in configs:
+        parse_config(c)
+    return configs
+
+
+# -- models and data (TensorFlow imported lazily) ------------------------------------------
+def tf_keras():
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import keras
+    import tensorflow as tf
+
+    tf.get_logger().setLevel("ERROR")
+    return tf, keras
+
+
+def make_optimizer():
+    _, keras = tf_keras()
+    return keras.optimizers.AdamW(learning_rate=1e-3, weight_decay=1e-4, global_clipnorm=3.0)
+
+
+def network(L, W):
+    """The LiResNet body + LLN head as a plain keras.Model (what GloroLiResNet wraps)."""
+    import gloro_keras as gk
+
+    return gk.liresnet_network(L, W, NUM_CLASSES, INPUT_SHAPE, power_iterations=POWER_ITERATIONS)
+
+
+def build(variant, L, W):
+    """variant: plain | gloro_full | gloro_last, optionally suffixed _bf16 (mixed bfloat16
+    training) and/or _xla (jit_compile=True).
+
+    plain: the network alone (`gk.liresnet_network`, a plain keras.Model; under the
+    mixed_bfloat16 policy for _bf16) with sparse categorical cross-entropy from logits.
+    gloro_*: `GloroModel(<the same network>, bound_gradient=..., train_dtype=...)` with EMMA.
+    """
+    _, keras = tf_keras()
+    import gloro_keras as gk
+
+    xla = variant.endswith("_xla")
+    base = variant[:-4] if xla else variant
+    bf16 = base.endswith("_bf16")
+    base = base[:-5] if bf16 else base
+    if base == "plain":
+        keras.mixed_precision.set_global_policy("mixed_bfloat16" if bf16 else "float32")
+        try:
+            m = network(L, W)
+        finally:
+            keras.mixed_precision.set_global_policy("float32")
+        m.compile(optimizer=make_optimizer(),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), jit_compile=xla)
+    else:
+        m = gk.GloroModel(network(L, W), epsilon=EPSILON, bound_gradient=base.split("_")[1],
+                          train_dtype="bfloat16" if bf16 else "float32")
+        m.compile(optimizer=make_optimizer(), loss="emma", jit_compile=xla)
+    return m
+
+
+def bounded_layers(model):
+    """The layers whose bound a GloroModel multiplies, in forward order: every layer of
+    `model.network` (nested models flattened) but the head that has `lipschitz_bound`."""
+    import keras
+
+    def flat(m):
+        for layer in m.layers:
+            if isinstance(layer, keras.Model):
+                yield from flat(layer)
+            else:
+                yield layer
+
+    layers = list(flat(model.network))
+    return [layer for layer in layers[:-1] if hasattr(layer, "lipschitz_bound")]
+
+
+def load_arrays():
+    """(x_train_batch, y_train_batch, x_test, data_source) as float32 [0,1] / int32."""
+    import numpy as np
+
+    if DATA.is_file():
+        with np.load(DATA) as d:
+            xtr = d["x_train"][:BATCH].astype("float32") / 255.0
+            ytr = d["y_train"][:BATCH].astype("int32").reshape(-1)
+            xte = d["x_test"].astype("float32") / 255.0
+        return xtr, ytr, xte, str(DATA)
+    rng = np.random.default_rng(0)
+    xtr = rng.random((BATCH,) + INPUT_SHAPE, dtype=np.float32)
+    ytr = rng.integers(0, NUM_CLASSES, BATCH).astype("int32")
+    xte = rng.random((10_000,) + INPUT_SHAPE, dtype=np.float32)
+    return xtr, ytr, xte, "synthetic (cifar10-jpeg.npz not found)"
+
+
+def warm_models(variants, L, W, x, y, log):
+    """Build each variant and run two training steps (tracing, then one-time costs).
+    Returns (models, {variant: build_s / first_step_s}, {variant: error})."""
+    models, first, errors = {}, {}, {}
+    for v in variants:
+        try:
+            t_build, m = timed(lambda: build(v, L, W))
+            t_first, _ = timed(lambda: m.train_on_batch(x, y))
+            m.train_on_batch(x, y)
+            models[v] = m
+            first[v] = {"build_s": t_build, "first_step_s": t_first}
+            log(f"  {v}: build {t_build:.1f}s, first step {t_first:.1f}s")
+        except Exception as e:  # XLA may not support something on this CPU
+            errors[v] = short_error(e)
+            log(f"  {v}: FAILED {errors[v]}")
+    return models, first, errors
+
+
+def flop_floor(model):
+    """Analytic multiply-accumulate count: bound (power iteration) vs. a training batch.
+
+    Forward MACs per image of every layer with a kernel (the bound's iterate is one input
+    example); backward ≈ 2× forward. 'full' back-propagates through all 2n+1 conv/adjoint
+    applications, 'last' only through the final one.
+    """
+    import gloro_keras as gk
+
+    bounded = {id(layer) for layer in bounded_layers(model)}
+    per_image, bounded_macs = 0, 0
+    for layer in model.network.layers:
+        if isinstance(layer, (gk.layers.LipschitzConv2D, gk.layers.LiResNetBlock)):
+            k = layer.kernel if isinstance(layer, gk.layers.LipschitzConv2D) else layer.residual_kernel
+            kh, kw, cin, cout = k.shape
+            hw = layer.output.shape[1:3]
+            macs = hw[0] * hw[1] * kh * kw * cin * cout
+        elif hasattr(layer, "kernel"):
+            macs = int(layer.kernel.shape[0]) * int(layer.kernel.shape[1])
+        else:
+            continue
+        per_image += macs
+        if id(layer) in bounded:
+            bounded_macs += macs
+    n = POWER_ITERATIONS
+    train = 3 * BATCH * per_image
+    full = 3 * (2 * n + 1) * bounded_macs
+    last = (2 * n + 1) * bounded_macs + 2 * bounded_macs
+    return {"train_macs": train, "bound_full_macs": full, "bound_last_macs": last,
+            "floor_full": 1 + full / train, "floor_last": 1 + last / train}
 
 
 # -- environment ------------------------------------------------------------------------
@@ -62,6 +260,25 @@ def cpu_model():
     return platform.processor()
 
 
+ONEDNN_NOTICE = "oneDNN custom operations are on"
+
+
+def onednn_state():
+    """Whether TensorFlow runs its oneDNN custom operations, from public signals only:
+    TF_ENABLE_ONEDNN_OPTS if set, and the notice TF logs at import when they are on (read from
+    a child `import tensorflow` with INFO logging, same environment)."""
+    env = os.environ.get("TF_ENABLE_ONEDNN_OPTS")
+    src = f"TF_ENABLE_ONEDNN_OPTS={env}" if env is not None else "TF default, TF_ENABLE_ONEDNN_OPTS unset"
+    try:
+        p = subprocess.run([sys.executable, "-c", "import tensorflow"], capture_output=True, text=True,
+                           timeout=300, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="0"))
+        state = "on" if ONEDNN_NOTICE in p.stderr else "off"
+        how = f"TF's import log {'has' if state == 'on' else 'lacks'} the notice {ONEDNN_NOTICE!r}"
+    except Exception as e:  # pragma: no cover
+        state, how = "unknown", f"import probe failed: {type(e).__name__}"
+    return {"onednn": f"{state} ({src})", "onednn_evidence": how, "tf_enable_onednn_opts": env}
+
+
 def environment(tf, keras):
     try:
         affinity = len(os.sched_getaffinity(0))
@@ -78,8 +295,35 @@ def environment(tf, keras):
         "keras_backend": keras.backend.backend(),
         "tf_intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
         "tf_inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
-        "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default (on)"),
+        **onednn_state(),
     }
+
+
+class Session:
+    """Log lines with elapsed time, and record when each section started at which load."""
+
+    def __init__(self, args):
+        self.t0 = time.time()
+        self.meta = {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "uptime_before": uptime(),
+                     "loadavg_before": loadavg(), "sections": [],
+                     "args": {k: v for k, v in vars(args).items() if not k.startswith("_")}}
+
+    def log(self, s):
+        print(f"[{time.time() - self.t0:6.0f}s] {s}", flush=True)
+
+    def mark(self, section):
+        self.meta["sections"].append({"section": section, "start_s": round(time.time() - self.t0, 1),
+                                      "loadavg": loadavg()})
+        self.log(section)
+
+    def finish(self):
+        self.meta.update(uptime_after=uptime(), loadavg_after=loadavg(),
+                         finished=time.strftime("%Y-%m-%d %H:%M:%S"), duration_s=time.time() - self.t0)
+
+
+def short_error(e, n=300):
+    """'Type: message' on one line, at most n characters of the message."""
+    return f"{type(e).__name__}: {' '.join(str(e).split())[:n]}"
 
 
 # -- timing -----------------------------------------------------------------------------
@@ -130,7 +374,40 @@ def paired(num, den):
             "cpu_median": med(cs), "cpu_min": min(cs), "cpu_max": max(cs)}
 
 
-# -- goals and formatting ---------------------------------------------------------------
+class count_calls:
+    """Count calls of the given Python functions while the block runs, by observing call
+    events (sys.setprofile / threading.setprofile): nothing is patched. The hook slows every
+    Python call down, so never time a block that counts.
+
+        with count_calls({"sound": [f, g]}) as counts: ...   # counts["sound"]
+    """
+
+    def __init__(self, groups):
+        self.codes = {fn.__code__: name for name, fns in groups.items() for fn in fns}
+        self.counts = {name: 0 for name in groups}
+
+    def on_event(self, frame, event, arg):
+        if event == "call":
+            name = self.codes.get(frame.f_code)
+            if name is not None:
+                self.counts[name] += 1
+
+    def __enter__(self):
+        import threading
+
+        threading.setprofile(self.on_event)
+        sys.setprofile(self.on_event)
+        return self.counts
+
+    def __exit__(self, *exc):
+        import threading
+
+        sys.setprofile(None)
+        threading.setprofile(None)
+        return False
+
+
+# -- goals, formatting, report ------------------------------------------------------------
 def status(value, op, goal, bar=None):
     if value is None or value != value:
         return "n/a"
@@ -168,3 +445,81 @@ def md_table(header, rows):
     out = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
     out += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(out)
+
+
+SUMMARY_HEADER = ["config", "figure", "value (wall: median [min–max])", "fastest runs",
+                  "CPU time: median [min–max]", "goal", "bar", "status", "status (robust)"]
+
+
+def _goal(key):
+    op, g, b = GOALS[key]
+    return op, g, b, f"{op} {g}".replace("<=", "≤").replace(">=", "≥")
+
+
+def ratio_row(cfg, label, p, key=None, verdict=False):
+    """A summary row for a paired() ratio. 'status' judges the wall-time median, 'status
+    (robust)' the CPU-time ratio; verdict=True (XLA) says helps / slower / unclear."""
+    goal = bar = st = st_r = ""
+    if key is not None:
+        op, g, b, goal = _goal(key)
+        bar = f"≤ {b}" if b else ""
+        st, st_r = status(p["median"], op, g, b), status(p["cpu_median"], op, g, b)
+    elif verdict:
+        goal = "< 1 = XLA helps"
+        st, st_r = (("helps" if p[k + "max"] < 1 else "slower" if p[k + "min"] > 1 else "unclear")
+                    for k in ("", "cpu_"))
+    return [cfg, label, spread(p), fmt(p["fastest_ratio"]), spread(p, cpu=True), goal, bar, st, st_r]
+
+
+def value_row(cfg, label, value, fastest="", key=None, fastest_value=None):
+    """A summary row for a single value; with a goal key, 'status (robust)' judges
+    fastest_value (the fastest run) when given."""
+    goal = st = st_r = ""
+    if key is not None:
+        op, g, _, goal = _goal(key)
+        st = status(value, op, g)
+        st_r = status(fastest_value if fastest_value is not None else value, op, g)
+    return [cfg, label, fmt(value), fastest, "", goal, "", st, st_r]
+
+
+def text_row(cfg, label, value, fastest="", cpu=""):
+    return [cfg, label, value, fastest, cpu, "", "", "", ""]
+
+
+def write_report(results, name, out_dir, summary, details, title="gloro-keras benchmark"):
+    """results -> <out_dir>/<name>.json and .md: a header (environment, load), the summary
+    table (rows), then the detail sections (lists of markdown lines)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    results["summary"] = summary
+    jpath, mpath = out / f"{name}.json", out / f"{name}.md"
+    with open(jpath, "w") as f:
+        json.dump(results, f, indent=1, default=float)
+    meta, env = results["meta"], results["meta"]["environment"]
+    lines = [
+        f"# {title} ({name})",
+        "",
+        f"{meta['finished']} · {env['cpu_model']} · {env['cpu_count']} CPUs (usable {env['cpus_usable']}) · "
+        f"TF {env['tensorflow']} · keras {env['keras']} ({env['keras_backend']}) · oneDNN {env['onednn']} · "
+        f"batch {BATCH}, 32×32×3, {NUM_CLASSES} classes, {POWER_ITERATIONS} power iterations · "
+        f"run took {meta['duration_s'] / 60:.1f} min",
+        "",
+        f"Load before: `{meta['uptime_before']}`  ",
+        f"Load after: `{meta['uptime_after']}`  ",
+        "1-min load average when each section started: "
+        + ", ".join(f"{x['section']} {x['loadavg'][0]:.2f}" for x in meta["sections"]),
+        "",
+        "Ratios: median of per-round ratios of variants run side by side in one process "
+        "[min–max over rounds]; 'fastest runs' = fastest run ÷ fastest run (throughput: images/s "
+        "of the fastest run); 'CPU time' = the same ratios on process CPU time, which other "
+        "processes do not inflate. Status: PASS = goal met; FAIL (bar ok) = goal missed, bar met; "
+        "'status' judges the wall-time median, 'status (robust)' the CPU-time ratio (throughput: "
+        "the fastest run).",
+        "",
+        md_table(SUMMARY_HEADER, summary),
+    ]
+    for d in details:
+        lines += d
+    with open(mpath, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return jpath, mpath

@@ -3,11 +3,15 @@
 
     python bench/ab_full_gradient.py --config L6W64 --rounds 6
 
-Builds the same GloroLiResNet twice in ONE process (same seed): one traced with the library's
-`LipschitzLayer._full_gradient_bound` (adjoints by hand, one batched kernel gradient per
-layer), one with that method replaced by plain autodiff through the unrolled steps (the
-previous implementation). Reports the largest weight difference after two identical training
-steps, then times both in alternating rounds (median per-round ratio, wall and CPU time).
+Builds the same GloroLiResNet twice in ONE process with the same weights: once as shipped (the
+layers define `kernel_vjp`, so `bound_gradient="full"` runs the hand-written backward with one
+batched kernel gradient per layer), once with every bounded layer class replaced by a subclass
+without `kernel_vjp` (restored to `LipschitzLayer.kernel_vjp`, the documented "optional" hook:
+without it, `gradient="full"` differentiates the unrolled steps by autodiff, the previous
+implementation). The twin is rebuilt from the network's config by public Keras deserialization
+(`keras.Model.from_config` inside `keras.saving.custom_object_scope`); no library class is
+patched. Reports the largest weight difference after two identical training steps, then times
+both in alternating rounds (median per-round ratio, wall and CPU time).
 """
 import argparse
 import os
@@ -16,6 +20,20 @@ import time
 import numpy as np
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def autodiff_classes():
+    """{registered name: subclass without kernel_vjp} for every layer class that has one."""
+    import keras
+
+    import gloro_keras as gk
+
+    base, out = gk.layers.LipschitzLayer, {}
+    for cls in {getattr(gk.layers, n) for n in gk.layers.__all__}:
+        if isinstance(cls, type) and issubclass(cls, base) and cls.kernel_vjp is not base.kernel_vjp:
+            sub = type(f"Autodiff{cls.__name__}", (cls,), {"kernel_vjp": base.kernel_vjp})
+            out[keras.saving.get_registered_name(cls)] = sub
+    return out
 
 
 def main():
@@ -28,32 +46,28 @@ def main():
     import keras
     import tensorflow as tf
 
-    from gloro_keras.layers import lipschitz_layer
-    from gloro_keras.layers._ops import safe_norm
-    from gloro_keras.models.liresnet import GloroLiResNet
-
-    batched = lipschitz_layer.LipschitzLayer._full_gradient_bound
-
-    def autodiff(self, kernel, u):
-        for _ in range(self.power_iterations):
-            u = self._step(u, kernel)
-        return safe_norm(self.apply_linear(u, kernel)), u
+    import gloro_keras as gk
 
     rng = np.random.default_rng(0)
     x = tf.constant(rng.random((256, 32, 32, 3), dtype=np.float32))
     y = tf.constant(rng.integers(0, 10, 256).astype("int32"))
+    keras.utils.set_random_seed(0)
+    batched_net = gk.liresnet_network(depth, width, 10, (32, 32, 3))
+    subs = autodiff_classes()
+    with keras.saving.custom_object_scope(subs):  # a scope outranks the global registrations
+        autodiff_net = keras.Model.from_config(batched_net.get_config())
+    autodiff_net.set_weights(batched_net.get_weights())
+    swapped = sorted({type(layer).__name__ for layer in autodiff_net.layers if type(layer) in subs.values()})
+    print(f"autodiff twin: {', '.join(swapped)}", flush=True)
     models = {}
-    for name, impl in (("autodiff", autodiff), ("batched", batched)):
-        lipschitz_layer.LipschitzLayer._full_gradient_bound = impl  # read when the step is traced
-        keras.utils.set_random_seed(0)
-        m = GloroLiResNet(depth, width, 10, (32, 32, 3), epsilon=36 / 255)
+    for name, net in (("autodiff", autodiff_net), ("batched", batched_net)):
+        m = gk.GloroModel(net, epsilon=36 / 255)
         m.compile(optimizer=keras.optimizers.AdamW(1e-3, weight_decay=1e-4, global_clipnorm=3.0), loss="emma")
         t = time.perf_counter()
         m.train_on_batch(x, y)
         print(f"{name}: first step (tracing) {time.perf_counter() - t:.1f} s", flush=True)
         m.train_on_batch(x, y)
         models[name] = m
-    lipschitz_layer.LipschitzLayer._full_gradient_bound = batched
     diff = max(float(np.abs(a.numpy() - b.numpy()).max())
                for a, b in zip(models["autodiff"].trainable_variables, models["batched"].trainable_variables))
     print(f"largest weight difference after 2 identical steps: {diff:.2g}")

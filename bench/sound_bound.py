@@ -37,7 +37,7 @@ def main():
     a = p.parse_args()
     keras.utils.set_random_seed(0)
     model = gk.GloroLiResNet(L=a.L, W=a.W, num_classes=10, input_shape=(32, 32, 3))
-    for layer in model._plan.bounded:
+    for layer in model.network.layers:
         if hasattr(layer, "residual_kernel"):
             layer.residual_kernel.assign(layer.residual_kernel * 30.0)
             layer.beta.assign(np.random.uniform(0.5, 1.5, layer.beta.shape).astype("float32"))

@@ -1,10 +1,10 @@
 #!/usr/bin/env python
-"""In-session PyTorch reference for `bench/run.py`: the same networks and training steps in PyTorch.
+"""In-session PyTorch reference for `bench/training.py`: the same networks and training steps in PyTorch.
 
-The issue's PyTorch anchors (images/s of the authors' code on "this machine") drift with the
-machine and its load, and the authors' code cannot be fetched here. This script is an
-independent PyTorch implementation of the same computation, written from the paper's
-description, so that both frameworks are timed in one session on one machine:
+Fixed images/s figures from another session or machine say nothing about this one, and the
+authors' code cannot be fetched here. This script is an independent PyTorch implementation of
+the same computation, written from the paper's description, so that both frameworks are timed
+in one session on one machine (the suite's only comparison with PyTorch):
 
 * network: x − 0.5 → conv k5 s2 p2 (3 → W) → MinMax → L × (one 3×3 conv with the merged kernel
   Δ + β·V/√L → MinMax) → conv k4 s4 (W → 2W) → MinMax → flatten → dense 512 → MinMax → LLN dense;
@@ -17,8 +17,8 @@ description, so that both frameworks are timed in one session on one machine:
 
     python bench/torch_reference.py --configs L6W64,L6W128 --repeats 5      # prints JSON
 
-Run with an interpreter that has torch (`pip install torch`); `bench/run.py --torch-python PATH`
-calls it and puts the results beside its own.
+Run with an interpreter that has torch (`pip install torch`); `bench/training.py` and
+`bench/run.py` (`--torch-python PATH`) call it and put the results beside their own.
 """
 import argparse
 import json
