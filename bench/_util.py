@@ -128,19 +128,8 @@ def build(variant, L, W):
 
 
 def bounded_layers(model):
-    """The layers whose bound a GloroModel multiplies, in forward order: every layer of
-    `model.network` (nested models flattened) but the head that has `lipschitz_bound`."""
-    import keras
-
-    def flat(m):
-        for layer in m.layers:
-            if isinstance(layer, keras.Model):
-                yield from flat(layer)
-            else:
-                yield layer
-
-    layers = list(flat(model.network))
-    return [layer for layer in layers[:-1] if hasattr(layer, "lipschitz_bound")]
+    """The layers whose bound a GloroModel multiplies, in forward order."""
+    return list(model.bounded_layers)
 
 
 def load_arrays():

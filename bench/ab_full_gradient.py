@@ -4,11 +4,10 @@
     python bench/ab_full_gradient.py --config L6W64 --rounds 6
 
 Builds the same GloroLiResNet twice in ONE process with the same weights: once as shipped (the
-layers define `kernel_vjp`, so `bound_gradient="full"` runs the hand-written backward with one
-batched kernel gradient per layer), once with every bounded layer class replaced by a subclass
-without `kernel_vjp` (restored to `LipschitzLayer.kernel_vjp`, the documented "optional" hook:
-without it, `gradient="full"` differentiates the unrolled steps by autodiff, the previous
-implementation). The twin is rebuilt from the network's config by public Keras deserialization
+layers define `kernel_vjp` and `has_kernel_vjp = True`, so `bound_gradient="full"` runs the
+hand-written backward with one batched kernel gradient per layer), once with every bounded layer
+class replaced by a subclass with `has_kernel_vjp = False` (the documented switch: without it,
+`gradient="full"` differentiates the unrolled steps by autodiff, the previous implementation). The twin is rebuilt from the network's config by public Keras deserialization
 (`keras.Model.from_config` inside `keras.saving.custom_object_scope`); no library class is
 patched. Reports the largest weight difference after two identical training steps, then times
 both in alternating rounds (median per-round ratio, wall and CPU time).
@@ -23,15 +22,15 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def autodiff_classes():
-    """{registered name: subclass without kernel_vjp} for every layer class that has one."""
+    """{registered name: subclass with has_kernel_vjp=False} for every layer class that has one."""
     import keras
 
     import gloro_keras as gk
 
     base, out = gk.layers.LipschitzLayer, {}
     for cls in {getattr(gk.layers, n) for n in gk.layers.__all__}:
-        if isinstance(cls, type) and issubclass(cls, base) and cls.kernel_vjp is not base.kernel_vjp:
-            sub = type(f"Autodiff{cls.__name__}", (cls,), {"kernel_vjp": base.kernel_vjp})
+        if isinstance(cls, type) and issubclass(cls, base) and cls.has_kernel_vjp:
+            sub = type(f"Autodiff{cls.__name__}", (cls,), {"has_kernel_vjp": False})
             out[keras.saving.get_registered_name(cls)] = sub
     return out
 

@@ -89,7 +89,7 @@ def run(L, W, models, args, log):
         def prod():
             k = ops.convert_to_tensor(1.0)
             for l in layers:
-                k = k * l.lipschitz_bound(training=True, gradient=model.bound_gradient)
+                k = k * l.power_estimate(training=True, gradient=model.bound_gradient)
             return k
 
         @tf.function
@@ -159,7 +159,7 @@ def run(L, W, models, args, log):
         try:
             u0 = [l2_normalize(ops.convert_to_tensor(b.iterate)) for b in blocks]
             kernels = [b.linear_kernel() for b in blocks]
-            sep = [float(ops.convert_to_numpy(b.lipschitz_bound(training=True, gradient="last"))) for b in blocks]
+            sep = [float(ops.convert_to_numpy(b.power_estimate(training=True, gradient="last"))) for b in blocks]
             for cname, cf in (("keras.ops.conv", conv_keras), ("tf.nn.conv2d", conv_tf)):
                 gs, _ = grouped_power(tf.concat(u0, -1), kernels, U.POWER_ITERATIONS, cf)
                 gs = [float(s) for s in ops.convert_to_numpy(gs)]

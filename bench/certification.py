@@ -63,9 +63,9 @@ def run(model, xte, args, log, gloro_predict=True, power_check=True):
     res["ratios"] = {"certify/predict": U.paired(times["certify(sound, cached)"], times["network.predict"])}
     res["images_per_s"] = {k: len(x) / U.med(v["wall"]) for k, v in times.items()}
     res["times_s"] = _times(times)
-    # Is the sound bound cached as intended? Count the layers' sound_lipschitz_bound calls in one
+    # Is the sound bound cached as intended? Count the layers' sound_bound calls in one
     # more certify call with the same weights (counted, so not timed: the hook slows Python calls).
-    sound_fns = {type(layer).sound_lipschitz_bound for layer in U.bounded_layers(model)}
+    sound_fns = {type(layer).sound_bound for layer in U.bounded_layers(model)}
     with U.count_calls({"sound": sound_fns}) as counts:
         model.certify(x[:B], bound="sound", batch_size=B)
     res["sound_recomputed_in_certify_calls"] = counts["sound"]
