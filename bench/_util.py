@@ -475,6 +475,16 @@ def text_row(cfg, label, value, fastest="", cpu=""):
     return [cfg, label, value, fastest, cpu, "", "", "", ""]
 
 
+def finish_section(session, results, rows, details, args, name, title):
+    """End a section script: write results/<name>[-quick].json/.md, print the report; exit code 0."""
+    session.finish()
+    name = args.name or (f"{name}-quick" if args.quick else name)
+    jpath, mpath = write_report(results, name, args.out, rows, details, title)
+    session.log(f"wrote {jpath} and {mpath}")
+    print(open(mpath).read())
+    return 0
+
+
 def write_report(results, name, out_dir, summary, details, title="gloro-keras benchmark"):
     """results -> <out_dir>/<name>.json and .md: a header (environment, load), the summary
     table (rows), then the detail sections (lists of markdown lines)."""

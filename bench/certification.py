@@ -150,13 +150,8 @@ def main(argv=None):
                                                         gloro_predict=i == 0, power_check=i == 0)}
         del models
         keras.backend.clear_session()
-    s.finish()
-    rows = [row for cfg in configs for row in summary_rows(cfg, results)]
-    name = args.name or ("certification-quick" if args.quick else "certification")
-    jpath, mpath = U.write_report(results, name, args.out, rows, [details(results)], "gloro-keras certification")
-    s.log(f"wrote {jpath} and {mpath}")
-    print(open(mpath).read())
-    return 0
+    return U.finish_section(s, results, [row for cfg in configs for row in summary_rows(cfg, results)],
+                            [details(results)], args, "certification", "gloro-keras certification")
 
 
 if __name__ == "__main__":

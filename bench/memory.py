@@ -138,13 +138,8 @@ def main(argv=None):
         results["configs"][cfg] = {"memory": run(cfg, args, s.log)}
     tf, keras = U.tf_keras()
     s.meta["environment"] = U.environment(tf, keras)
-    s.finish()
-    rows = [row for cfg in configs for row in summary_rows(cfg, results)]
-    name = args.name or ("memory-quick" if args.quick else "memory")
-    jpath, mpath = U.write_report(results, name, args.out, rows, [details(results)], "gloro-keras memory")
-    s.log(f"wrote {jpath} and {mpath}")
-    print(open(mpath).read())
-    return 0
+    return U.finish_section(s, results, [row for cfg in configs for row in summary_rows(cfg, results)],
+                            [details(results)], args, "memory", "gloro-keras memory")
 
 
 if __name__ == "__main__":

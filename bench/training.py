@@ -267,13 +267,8 @@ def main(argv=None):
     if not args.no_pipeline:
         s.mark("pipeline")
         results["pipeline"] = run_pipeline(args, s.log)
-    s.finish()
-    rows = [row for cfg in configs for row in summary_rows(cfg, results)]
-    name = args.name or ("training-quick" if args.quick else "training")
-    jpath, mpath = U.write_report(results, name, args.out, rows, [details(results)], "gloro-keras training")
-    s.log(f"wrote {jpath} and {mpath}")
-    print(open(mpath).read())
-    return 0
+    return U.finish_section(s, results, [row for cfg in configs for row in summary_rows(cfg, results)],
+                            [details(results)], args, "training", "gloro-keras training")
 
 
 if __name__ == "__main__":
