@@ -475,6 +475,16 @@ def text_row(cfg, label, value, fastest="", cpu=""):
     return [cfg, label, value, fastest, cpu, "", "", "", ""]
 
 
+def start_section(doc, add_args, argv, quick):
+    """Parse a section script's flags (common ones, its own, --quick defaults); returns
+    (args, configs, Session)."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_args(ap)
+    add_args(ap)
+    args = parse_args(ap, argv, quick)
+    return args, config_list(args), Session(args)
+
+
 def finish_section(session, results, rows, details, args, name, title):
     """End a section script: write results/<name>[-quick].json/.md, print the report; exit code 0."""
     session.finish()

@@ -11,7 +11,6 @@ batch (in `bench/run.py`: the model the training section timed). certify and pre
 by side in alternating rounds, like every ratio of the suite. Writes
 bench/results/certification.{json,md} (`--name`, `--out`).
 """
-import argparse
 import sys
 from pathlib import Path
 
@@ -129,12 +128,7 @@ def details(results):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    U.add_common_args(ap)
-    add_args(ap)
-    args = U.parse_args(ap, argv, dict(QUICK, configs="L6W64"))
-    configs = U.config_list(args)
-    s = U.Session(args)
+    args, configs, s = U.start_section(__doc__, add_args, argv, dict(QUICK, configs="L6W64"))
     tf, keras = U.tf_keras()
     s.meta["environment"] = U.environment(tf, keras)
     xtr, ytr, xte, s.meta["data"] = U.load_arrays()

@@ -9,7 +9,6 @@ peak RSS over into a child's ru_maxrss. VmHWM is recorded as a cross-check, and 
 import / build / each step shows where the memory goes. Writes bench/results/memory.{json,md}
 (`--name`, `--out`); `bench/run.py` runs this section first and puts it in the combined report.
 """
-import argparse
 import json
 import subprocess
 import sys
@@ -126,12 +125,7 @@ def main(argv=None):
         cfg, variant, steps = argv[1:4]
         child(cfg, variant, int(steps))
         return 0
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    U.add_common_args(ap)
-    add_args(ap)
-    args = U.parse_args(ap, argv, dict(QUICK, configs="L6W64"))
-    configs = U.config_list(args)
-    s = U.Session(args)
+    args, configs, s = U.start_section(__doc__, add_args, argv, dict(QUICK, configs="L6W64"))
     results = {"meta": s.meta, "configs": {}}
     for cfg in configs:  # all children before this process imports TensorFlow
         s.mark(f"{cfg} memory")

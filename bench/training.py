@@ -11,7 +11,6 @@ rounds whose order rotates; the figure is the median of the per-round ratios (wi
 Writes bench/results/training.{json,md} (`--name`, `--out`); `bench/run.py` runs this section
 with the others and writes the combined report.
 """
-import argparse
 import importlib.util
 import json
 import os
@@ -247,12 +246,7 @@ def details(results):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    U.add_common_args(ap)
-    add_args(ap)
-    args = U.parse_args(ap, argv, dict(QUICK, configs="L6W64"))
-    configs = U.config_list(args)
-    s = U.Session(args)
+    args, configs, s = U.start_section(__doc__, add_args, argv, dict(QUICK, configs="L6W64"))
     results = {"meta": s.meta, "configs": {}}
     s.mark("PyTorch reference")
     results["torch_reference"] = run_torch(args, configs, s.log)  # before TensorFlow is imported
