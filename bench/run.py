@@ -259,7 +259,7 @@ def bench_certification(model, xte, args, log, power=True):
 
 def bench_pipeline(args, log):
     tf, _ = _tf()
-    from gloro_keras.train import data
+    from gloro_keras import data
 
     src = str(DATA)
     tmp = None

@@ -111,7 +111,7 @@ cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(2)])
 import keras, numpy as np
 import gloro_keras as gk
-from gloro_keras.train import data
+from gloro_keras import data
 from gloro_keras.train.optimizers import ClipAfterAllReduce
 
 

@@ -104,7 +104,7 @@ def load_model(path):
     import keras
 
     import gloro_keras  # noqa: F401  (registers the custom objects)
-    from gloro_keras.train.data import DataNotFoundError
+    from gloro_keras.data import DataNotFoundError
 
     if not os.path.isfile(path):
         raise DataNotFoundError(f"model file not found: {path!r} (pass --model=path/to/model.keras)")
@@ -115,7 +115,7 @@ def test_certificate(model, cfg, bound, arithmetic="float32"):
     """(margins.MarginCertificate, labels int (N,), info) over the test split."""
     import numpy as np
 
-    from gloro_keras.train import data
+    from gloro_keras import data
 
     try:
         _, test, info = data.load(cfg["dataset"], data_dir=cfg.get("data_dir"),
@@ -175,7 +175,7 @@ def _test_images(cfg, n):
     """The first n test images and labels as numpy (n = 0: all)."""
     import numpy as np
 
-    from gloro_keras.train import data
+    from gloro_keras import data
 
     _, test, info = data.load(cfg["dataset"], data_dir=cfg.get("data_dir"),
                               subset_classes=cfg.get("subset_classes"), subset_seed=cfg["subset_seed"])
@@ -313,7 +313,7 @@ def format_report(r):
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    from gloro_keras.train.data import DataNotFoundError
+    from gloro_keras.data import DataNotFoundError
 
     cfg = {name: FLAGS[name].value for name in
            ("model", "dataset", "data_dir", "epsilon", "bound", "arithmetic", "output", "batch_size", "test_examples",

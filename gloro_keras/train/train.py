@@ -236,7 +236,7 @@ def compile_model(model, cfg, steps_per_epoch):
 
 def load_data(cfg):
     """(train_ds, test_ds, info, steps_per_epoch); raises DataNotFoundError."""
-    from gloro_keras.train import data
+    from gloro_keras import data
 
     try:
         train_raw, test_raw, info = data.load(
@@ -279,7 +279,7 @@ def load_data(cfg):
 def _sample_images(ds_raw, n):
     import numpy as np
 
-    xs = [x for x, _ in ds_raw.take(n).batch(n).as_numpy_iterator()]
+    xs = [x for x, _ in ds_raw.dataset.take(n).batch(n).as_numpy_iterator()]
     return np.concatenate(xs) if xs else None
 
 
@@ -368,7 +368,7 @@ def _write_json(path, obj):
 def train(cfg):
     """Train per the resolved configuration `cfg` (see DEFAULTS). Returns a results dict.
 
-    Raises `gloro_keras.train.data.DataNotFoundError` when the data is missing.
+    Raises `gloro_keras.data.DataNotFoundError` when the data is missing.
     """
     cfg = validate_config(cfg)
     started = time.time()
@@ -466,7 +466,7 @@ def main(argv):
             raise app.UsageError(f"--strategy={cfg['strategy']} needs the TensorFlow backend (KERAS_BACKEND=tensorflow)")
         if cfg["strategy"] == "multi_worker" and not os.environ.get("TF_CONFIG"):
             raise app.UsageError("--strategy=multi_worker needs TF_CONFIG (cluster + task) in the environment")
-    from gloro_keras.train.data import DataNotFoundError
+    from gloro_keras.data import DataNotFoundError
 
     try:
         train(cfg)
