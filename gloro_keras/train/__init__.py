@@ -2,9 +2,8 @@
 
     from gloro_keras.train import EpsilonScheduler, ConvergeBounds, VRALogger, WarmupCosine
 
-The command-line scripts live in `gloro_keras.train.train` (`gloro-train`,
-`python -m gloro_keras.train`) and `gloro_keras.train.certify` (`gloro-certify`); they
-are not imported here. The input pipelines are `gloro_keras.data`.
+The command-line scripts live in `gloro_keras.cli` (`gloro-train` =
+`python -m gloro_keras.cli.train`, `gloro-certify` = `python -m gloro_keras.cli.certify`). The input pipelines are `gloro_keras.data`.
 """
 
 from gloro_keras.train.callbacks import (
