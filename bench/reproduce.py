@@ -103,7 +103,7 @@ def run(name):
     model_dir.mkdir(parents=True, exist_ok=True)
     cmd = command(name)
     exe = shutil.which("gloro-train") or sys.executable
-    argv = ([exe] if exe.endswith("gloro-train") else [exe, "-m", "gloro_keras.train"]) + cmd[1:]
+    argv = ([exe] if exe.endswith("gloro-train") else [exe, "-m", "gloro_keras.cli.train"]) + cmd[1:]
     print(f"[{time.strftime('%H:%M:%S')}] {' '.join(cmd)}", flush=True)
     load0, t0 = _loadavg(), time.time()
     with open(model_dir / "log.txt", "a") as log:

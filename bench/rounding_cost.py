@@ -17,7 +17,7 @@ import numpy as np
 
 def load_test(path, limit):
     if path is None:
-        from gloro_keras.train.data import sample_path
+        from gloro_keras.data import sample_path
 
         path = sample_path()
     d = np.load(path)

@@ -73,7 +73,7 @@ def run(L, W, x, y, args, log):
 # -- input pipeline ------------------------------------------------------------------------
 def run_pipeline(args, log):
     """images/s of make_pipeline(load(cifar10-jpeg.npz)[0], 256, training=True) alone."""
-    from gloro_keras.train import data
+    from gloro_keras import data
 
     src, tmp = str(U.DATA), None
     if not U.DATA.is_file():

@@ -1,4 +1,4 @@
-"""Tests for gloro_keras.train.data (fast: small fake data, the shipped sample, shared npz)."""
+"""Tests for gloro_keras.data (fast: small fake data, the shipped sample, shared npz)."""
 
 import os
 import socket
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from gloro_keras.train import data as D
+from gloro_keras import data as D
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO / ".." / "shared" / "data"
@@ -93,8 +93,11 @@ def test_sample_file_size_and_contents():
 
 
 def test_package_code_never_references_shared_data():
-    src = (REPO / "gloro_keras" / "train" / "data.py").read_text()
-    assert "../shared" not in src and "shared/data" not in src
+    sources = sorted((REPO / "gloro_keras" / "data").glob("*.py"))
+    assert len(sources) > 1
+    for path in sources:
+        src = path.read_text()
+        assert "../shared" not in src and "shared/data" not in src, path
 
 
 def test_quickstart_load_and_pipelines():
@@ -102,8 +105,9 @@ def test_quickstart_load_and_pipelines():
     assert (info.name, info.num_classes, info.image_shape) == ("quickstart", 10, (28, 28, 1))
     assert (info.train_size, info.test_size) == (10000, 2000)
     assert info.augmentation == D.Augmentation("crop_flip", pad=2, flip=False)
-    assert int(train.cardinality()) == 10000 and int(test.cardinality()) == 2000
-    x, y = next(iter(train))
+    assert (train.size, test.size) == (10000, 2000)
+    assert int(train.dataset.cardinality()) == 10000 and int(test.dataset.cardinality()) == 2000
+    x, y = next(iter(train.dataset))
     assert x.shape == (28, 28, 1) and x.dtype == tf.float32 and y.dtype == tf.int32
 
     ev = D.make_pipeline(test, 500, training=False)
@@ -234,13 +238,43 @@ def test_determinism_and_reshuffling(tmp_path):
 def test_generic_path_matches_semantics(tmp_path):
     path, x = _id_npz(tmp_path, (32, 32, 3), n=64)
     train, _, info = D.load(path, num_classes=64)
-    derived = train.take(40)  # not registered: goes through the generic path
+    derived = train.dataset.take(40)  # a plain tf.data.Dataset: the generic path
     xb, yb = _first_batch(D.make_pipeline(derived, 40, training=True, seed=0, info=info))
     assert xb.shape == (40, 32, 32, 3)
     assert all(_find_crop(xb[i], x[yb[i]], 4, True) is not None for i in range(40))
     xe, ye = _first_batch(D.make_pipeline(derived, 40, training=False))
     np.testing.assert_array_equal(ye, np.arange(40))
     np.testing.assert_array_equal(np.round(xe * 255), x[:40])
+
+
+def _all_batches(ds):
+    xs, ys = zip(*[(a.numpy(), b.numpy()) for a, b in ds])
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+def test_take_gives_the_same_pipeline_whatever_the_object(tmp_path):
+    # make_pipeline depends on its arguments only: a source, its take(n) and the plain
+    # dataset of the same n examples give the same batches (training and evaluation).
+    path, x = _id_npz(tmp_path, (32, 32, 3), n=64)
+    train, _, info = D.load(path, num_classes=64)
+    part = train.take(40)
+    assert isinstance(part, D.DataSource) and part.size == 40 and part.num_classes == 64
+    assert int(part.dataset.cardinality()) == 40 and train.size == 64  # the original is unchanged
+    for training in (False, True):
+        xa, ya = _all_batches(D.make_pipeline(part, 8, training=training, seed=5))
+        xb, yb = _all_batches(D.make_pipeline(train.dataset.take(40), 8, training=training, seed=5, info=info))
+        np.testing.assert_array_equal(xa, xb)
+        np.testing.assert_array_equal(ya, yb)
+        assert sorted(ya.tolist()) == list(range(40))
+    xf, yf = _all_batches(D.make_pipeline(train, 8, training=False))
+    xt, yt = _all_batches(D.make_pipeline(train.take(40), 8, training=False))
+    np.testing.assert_array_equal(xf[:40], xt)
+    np.testing.assert_array_equal(yf[:40], yt)
+    assert train.take(1000).size == 64
+    with pytest.raises(ValueError, match="Received: count=-1"):
+        train.take(-1)
+    with pytest.raises(TypeError, match="Received"):
+        D.make_pipeline(x, 8, training=False)
 
 
 # ---------------------------------------------------------------------------- image folders
@@ -292,6 +326,11 @@ def test_tiny_imagenet_loader(tmp_path):
     x, y = _first_batch(D.make_pipeline(train, 8, training=True, seed=0))
     assert x.shape == (8, 64, 64, 3) and x.min() >= 0 and x.max() <= 1
     assert (x == 0).any()  # zero padding visible in at least one crop
+    # a file source's take(n) reads the first n files, in order
+    xt, yt = _first_batch(D.make_pipeline(test.take(4), 4, training=False))
+    xe, ye = _first_batch(D.make_pipeline(test, 4, training=False))
+    np.testing.assert_array_equal(xt, xe)
+    np.testing.assert_array_equal(yt, ye)
 
 
 def _imagenet_tree(root, classes=("cls_b", "cls_a", "cls_c"), per_class=2):
@@ -315,7 +354,7 @@ def test_imagenet_folder_loader(tmp_path):
     assert (info.num_classes, info.image_shape) == (3, (224, 224, 3))
     assert (info.train_size, info.test_size) == (6, 6)
     assert info.augmentation.kind == "imagenet"
-    x, y = next(iter(test))  # unbatched images keep their native size
+    x, y = next(iter(test.dataset))  # unbatched images keep their native size
     assert x.shape[-1] == 3 and x.dtype == tf.float32
     for training in (False, True):
         xb, yb = _first_batch(D.make_pipeline(test if not training else train, 6,
@@ -324,8 +363,8 @@ def test_imagenet_folder_loader(tmp_path):
         _check_batch(xb, yb, (224, 224, 3), 3)
         for img, label in zip(xb, yb):
             assert abs(img.mean() * 255 - value[info.class_names[label]]) < 3
-    # generic path (not from load) resizes too
-    xg, _ = _first_batch(D.make_pipeline(test.take(3), 3, training=True, seed=0, info=info))
+    # generic path (a plain tf.data.Dataset) resizes too
+    xg, _ = _first_batch(D.make_pipeline(test.dataset.take(3), 3, training=True, seed=0, info=info))
     assert xg.shape == (3, 224, 224, 3)
 
 

@@ -29,7 +29,7 @@ n = int(sys.argv[1])
 if n > 1:
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(n)])
-from gloro_keras.train import train
+from gloro_keras.cli import train
 train.run(["gloro-train"] + sys.argv[2:])
 """
 
@@ -111,7 +111,7 @@ cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(2)])
 import keras, numpy as np
 import gloro_keras as gk
-from gloro_keras.train import data
+from gloro_keras import data
 from gloro_keras.train.optimizers import ClipAfterAllReduce
 
 
@@ -191,7 +191,7 @@ def test_multi_worker_two_local_workers_match_one_device(reference, tmp_path):
 
 
 def test_multi_worker_without_tf_config_is_an_error(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "gloro_keras.train", "--strategy=multi_worker",
+    r = subprocess.run([sys.executable, "-m", "gloro_keras.cli.train", "--strategy=multi_worker",
                         "--dataset=quickstart", f"--model_dir={tmp_path}"], cwd=REPO, capture_output=True,
                        text=True, timeout=300, env={k: v for k, v in os.environ.items() if k != "TF_CONFIG"})
     assert r.returncode != 0 and "TF_CONFIG" in r.stderr

@@ -282,8 +282,8 @@ def test_evaluate_and_predict_never_certify_more_than_certify(trained_mnist):
 # ---- ε, TF32 ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("bad", [-1.0, float("nan"), float("inf"), "x"])
 def test_every_entry_point_rejects_a_bad_epsilon(bad, tmp_path):
-    from gloro_keras.train import certify as certify_cli
-    from gloro_keras.train import train as train_cli
+    from gloro_keras.cli import certify as certify_cli
+    from gloro_keras.cli import train_config
 
     model = _dense_gloro([np.eye(2, dtype="float32")], [np.zeros(2)], epsilon=0.1)
     x = np.zeros((2, 2), "float32")
@@ -297,9 +297,9 @@ def test_every_entry_point_rejects_a_bad_epsilon(bad, tmp_path):
         gk.GloroModel(model.network, epsilon=bad)
     with pytest.raises(certify_cli.CertifyError, match="epsilon"):
         certify_cli.certify({"model": str(tmp_path / "missing.keras"), "epsilon": bad, "dataset": "quickstart"})
-    cfg = dict(train_cli.DEFAULTS, dataset="quickstart", epsilon=bad)
-    with pytest.raises(train_cli.ConfigError, match="epsilon"):
-        train_cli.validate_config(cfg)
+    cfg = dict(train_config.DEFAULTS, dataset="quickstart", epsilon=bad)
+    with pytest.raises(train_config.ConfigError, match="epsilon"):
+        train_config.validate_config(cfg)
 
 
 @pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="TensorFlow's TF32 switch")

@@ -11,8 +11,9 @@ from absl import flags
 
 import gloro_keras as gk
 from conftest import REPO, SHARED_DATA, shared_data
+from gloro_keras.cli import train as train_script
+from gloro_keras.cli import train_config
 from gloro_keras.train import presets
-from gloro_keras.train import train as train_script
 
 TINY = ["--depth=1", "--width=8", "--dense_width=16", "--batch_size=32", "--epochs=2", "--steps_per_epoch=3",
         "--test_examples=200", "--verbose=2", "--power_iterations=2", "--eval_every=1"]
@@ -20,9 +21,9 @@ TINY = ["--depth=1", "--width=8", "--dense_width=16", "--batch_size=32", "--epoc
 
 def parse(argv):
     fv = flags.FlagValues()
-    train_script.define_flags(fv)
+    train_config.define_flags(fv)
     fv(["gloro-train"] + list(argv))
-    return train_script.config_from_flags(fv)
+    return train_config.config_from_flags(fv)
 
 
 def run(module, args, timeout=600, env=None):
@@ -151,28 +152,28 @@ def test_eval_epochs_include_the_last():
 
 def test_impossible_configurations_are_config_errors():
     cfg = parse(["--dataset=quickstart", "--batch_size=20000"])
-    with pytest.raises(train_script.ConfigError, match="larger than the training set"):
+    with pytest.raises(train_config.ConfigError, match="larger than the training set"):
         train_script.load_data(cfg)
-    with pytest.raises(train_script.ConfigError, match="unknown data set"):
+    with pytest.raises(train_config.ConfigError, match="unknown data set"):
         train_script.load_data(parse(["--dataset=svhn"]))
 
 
 # ----------------------------------------------------------------------------- command line
 def test_cli_bad_flag_and_missing_data_exit_codes(tmp_path):
-    r = run("gloro_keras.train", ["--arch=vit"])
+    r = run("gloro_keras.cli.train", ["--arch=vit"])
     assert r.returncode == 1
     assert "FATAL Flags parsing error" in r.stderr and "--arch" in r.stderr
-    r = run("gloro_keras.train", [f"--dataset={tmp_path / 'nope.npz'}", f"--model_dir={tmp_path / 'run'}"])
+    r = run("gloro_keras.cli.train", [f"--dataset={tmp_path / 'nope.npz'}", f"--model_dir={tmp_path / 'run'}"])
     assert r.returncode == 2, r.stderr[-2000:]
     errors = [line for line in r.stderr.splitlines() if line.startswith("gloro-train: error:")]
     assert len(errors) == 1 and "nope.npz" in errors[0]
     assert "Traceback" not in r.stderr
-    r = run("gloro_keras.train", ["--dataset=cifar10", f"--data_dir={tmp_path}", f"--model_dir={tmp_path / 'r2'}"])
+    r = run("gloro_keras.cli.train", ["--dataset=cifar10", f"--data_dir={tmp_path}", f"--model_dir={tmp_path / 'r2'}"])
     assert r.returncode == 2 and "gloro-train: error:" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_list_presets():
-    r = run("gloro_keras.train", ["--list_presets"])
+    r = run("gloro_keras.cli.train", ["--list_presets"])
     assert r.returncode == 0
     names = r.stdout.split()
     assert "quickstart" in names and "table1_imagenet_l18w588" in names
@@ -196,7 +197,7 @@ def _check_run_outputs(model_dir, epochs=2):
 
 def _certify(model_dir, extra=()):
     out = model_dir / "cert.json"
-    r = run("gloro_keras.train.certify", [f"--model={model_dir / 'model.keras'}", f"--output={out}",
+    r = run("gloro_keras.cli.certify", [f"--model={model_dir / 'model.keras'}", f"--output={out}",
                                           "--test_examples=200", *extra])
     assert r.returncode == 0, r.stderr[-3000:]
     assert "VRA" in r.stdout and "certified radius" in r.stdout
@@ -205,7 +206,7 @@ def _certify(model_dir, extra=()):
 
 def test_train_and_certify_quickstart_end_to_end(tmp_path):
     model_dir = tmp_path / "qs"
-    r = run("gloro_keras.train", ["--preset=quickstart", f"--model_dir={model_dir}", *TINY])
+    r = run("gloro_keras.cli.train", ["--preset=quickstart", f"--model_dir={model_dir}", *TINY])
     assert r.returncode == 0, r.stderr[-3000:]
     assert "clean acc" in r.stdout and "VRA" in r.stdout and "sound" in r.stdout
     metrics = _check_run_outputs(model_dir)
@@ -244,16 +245,16 @@ def test_train_and_certify_quickstart_end_to_end(tmp_path):
 
 
 def test_certify_errors(tmp_path):
-    r = run("gloro_keras.train.certify", [])
+    r = run("gloro_keras.cli.certify", [])
     assert r.returncode == 1 and "--model" in r.stderr
-    r = run("gloro_keras.train.certify", [f"--model={tmp_path / 'missing.keras'}", "--dataset=quickstart"])
+    r = run("gloro_keras.cli.certify", [f"--model={tmp_path / 'missing.keras'}", "--dataset=quickstart"])
     assert r.returncode == 2 and "gloro-certify: error:" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_train_and_certify_cifar10_npz(tmp_path):
     path = shared_data("cifar10-jpeg.npz")
     model_dir = tmp_path / "c10"
-    r = run("gloro_keras.train", [f"--dataset={path}", f"--model_dir={model_dir}", "--arch=liresnet",
+    r = run("gloro_keras.cli.train", [f"--dataset={path}", f"--model_dir={model_dir}", "--arch=liresnet",
                                   "--loss=trades", "--threat_examples=64", "--train_dtype=bfloat16", *TINY])
     assert r.returncode == 0, r.stderr[-3000:]
     metrics = _check_run_outputs(model_dir)
@@ -263,7 +264,7 @@ def test_train_and_certify_cifar10_npz(tmp_path):
     model = keras.saving.load_model(model_dir / "model.keras")
     assert model.train_dtype == "bfloat16" and model.network.compute_dtype == "float32"
     assert cfg["num_classes"] == 10 and cfg["image_shape"] == [32, 32, 3] and cfg["train_size"] == 50000
-    r = run("gloro_keras.train.certify", [f"--model={model_dir / 'model.keras'}", f"--dataset={path}",
+    r = run("gloro_keras.cli.certify", [f"--model={model_dir / 'model.keras'}", f"--dataset={path}",
                                           "--test_examples=200", "--output=-"])
     assert r.returncode == 0, r.stderr[-3000:]
     report = json.loads(r.stdout[r.stdout.index("\n{") + 1:])

@@ -1,13 +1,10 @@
-"""Training utilities: callbacks, schedules, presets (and, lazily, the data pipelines).
+"""Training utilities: callbacks, schedules, optimizers, distribution, presets.
 
     from gloro_keras.train import EpsilonScheduler, ConvergeBounds, VRALogger, WarmupCosine
 
-The command-line scripts live in `gloro_keras.train.train` (`gloro-train`,
-`python -m gloro_keras.train`) and `gloro_keras.train.certify` (`gloro-certify`); they
-are not imported here. `gloro_keras.train.data` (TensorFlow input pipelines) is imported
-on first access.
+The command-line scripts live in `gloro_keras.cli` (`gloro-train` =
+`python -m gloro_keras.cli.train`, `gloro-certify` = `python -m gloro_keras.cli.certify`). The input pipelines are `gloro_keras.data`.
 """
-import importlib
 
 from gloro_keras.train.callbacks import (
     ConvergeBounds,
@@ -38,9 +35,3 @@ __all__ = [
     "paper_epsilon",
     "threatening_classes",
 ]
-
-
-def __getattr__(name):
-    if name == "data":
-        return importlib.import_module("gloro_keras.train.data")
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,6 +1,7 @@
 """`gloro-certify`: certify a saved GloRo model on a test set.
 
     gloro-certify --model=runs/quickstart/model.keras                # data set from flags.json
+    python -m gloro_keras.cli.certify --helpfull
     gloro-certify --model=m.keras --dataset=cifar10 --data_dir=~/tensorflow_datasets \\
         --epsilon=0.1411 --bound=sound --output=cert.json
 
@@ -23,6 +24,9 @@ lower bound on the margin Lipschitz constants and its ratio to the certified K_i
 When `--dataset` is not given, the data set (and `--data_dir`, class subset) recorded in
 `flags.json` beside the model by `gloro-train` is used.
 
+The figures come from `gloro_keras.evaluation.certification_report`; this script parses
+the flags, loads the model and the data, and prints and writes the report.
+
 Exit status: 0 on success, 2 when the model or the data is missing, 1 for bad flags.
 """
 from __future__ import annotations
@@ -32,19 +36,24 @@ import os
 import sys
 import time
 
+import keras
 from absl import app, flags
 
-FLAGS = flags.FLAGS
+import gloro_keras.models  # noqa: F401  (registers the GloRo classes for load_model)
+from gloro_keras.cli.runner import run_absl
+from gloro_keras.evaluation.report import RADIUS_QUANTILES, certification_report
+from gloro_keras.ops.epsilon import check_epsilon
 
-QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
+FLAGS = flags.FLAGS
+DEFAULT_SUBSET_SEED = 2023  # gloro_keras.data.DEFAULT_SUBSET_SEED (not imported: see load_test_set)
 
 
 class CertifyError(ValueError):
     """A request that cannot run (reported in one line, exit status 2)."""
-CURVE = (0.25, 0.5, 1.0, 1.5, 2.0)
 
 
 def define_flags(fv=FLAGS):
+    """Register the gloro-certify flags on `fv` (a `flags.FlagValues`)."""
     d = dict(flag_values=fv)
     flags.DEFINE_string("model", None, "Path of the saved model (.keras).", **d)
     flags.DEFINE_string("dataset", None, "Data set (as for gloro-train); default: the one in flags.json "
@@ -94,28 +103,26 @@ def resolve(cfg):
             if cfg.get(key) is None:
                 cfg[key] = recorded.get(key)
     if cfg.get("subset_seed") is None:
-        cfg["subset_seed"] = 2023
+        cfg["subset_seed"] = DEFAULT_SUBSET_SEED
     if cfg.get("output") is None:
         cfg["output"] = os.path.join(os.path.dirname(os.path.abspath(cfg["model"])), "certify.json")
     return cfg
 
 
 def load_model(path):
-    import keras
-
-    import gloro_keras  # noqa: F401  (registers the custom objects)
-    from gloro_keras.train.data import DataNotFoundError
+    """The saved GloRo model at `path` (uncompiled); DataNotFoundError if missing."""
+    from gloro_keras.data import DataNotFoundError  # TensorFlow: see load_test_set
 
     if not os.path.isfile(path):
         raise DataNotFoundError(f"model file not found: {path!r} (pass --model=path/to/model.keras)")
     return keras.saving.load_model(path, compile=False)
 
 
-def test_certificate(model, cfg, bound, arithmetic="float32"):
-    """(MarginCertificate, labels int (N,), info) over the test split."""
-    import numpy as np
-
-    from gloro_keras.train import data
+def load_test_set(cfg, model):
+    """(batched test pipeline, DatasetInfo) for `cfg`; CertifyError if it does not fit `model`."""
+    # Imported here: gloro_keras.data imports TensorFlow, which --help (and the JAX
+    # backend) does not otherwise need.
+    from gloro_keras import data
 
     try:
         _, test, info = data.load(cfg["dataset"], data_dir=cfg.get("data_dir"),
@@ -128,128 +135,30 @@ def test_certificate(model, cfg, bound, arithmetic="float32"):
         raise CertifyError(f"{info.name} has {info.num_classes} classes but the model has {model.num_classes}")
     if cfg.get("test_examples"):
         test = test.take(cfg["test_examples"])
-    ds = data.make_pipeline(test, cfg["batch_size"], training=False, info=info)
-    from gloro_keras.ops.certificate import MarginCertificate
-    from gloro_keras.ops.epsilon import check_epsilon
-
-    parts, labels = [], []
-    for x, y in ds.as_numpy_iterator():
-        parts.append(model.margin_certificate(x, bound, arithmetic, batch_size=cfg["batch_size"]))
-        labels.append(np.asarray(y).reshape(-1))
-    return MarginCertificate.concatenate(parts), np.concatenate(labels).astype(np.int64), info
+    return data.make_pipeline(test, cfg["batch_size"], training=False), info
 
 
-def _stats(values):
-    import numpy as np
+def available_bound(model, bound):
+    """`bound`, or "power" (with a warning) when the model has no sound bound."""
+    if bound != "sound":
+        return bound
+    try:
+        model.lipschitz_bound("sound")  # cached by weights: the report reuses it
+    except (ImportError, NotImplementedError) as e:
+        print(f"gloro-certify: warning: sound bound unavailable ({e}); using the converged power bound",
+              file=sys.stderr)
+        return "power"
+    return bound
 
-    v = np.asarray(values, dtype=np.float64)
-    out = {"mean": float(v.mean()), "median": float(np.median(v)), "max": float(v.max())}
-    for q in QUANTILES:
-        out[f"q{int(round(100 * q)):02d}"] = float(np.quantile(v, q))
+
+def _radius_summary(mean, median, maximum, quantiles):
+    out = {"mean": mean, "median": median, "max": maximum}
+    out.update({f"q{int(round(100 * q)):02d}": quantiles[str(q)] for q in RADIUS_QUANTILES})
     return out
-
-
-def certify_logits(cert, labels, epsilon):
-    """Certification statistics from a MarginCertificate and the labels."""
-    import numpy as np
-
-    m = cert.num_classes
-    pred = cert.predicted
-    certified = cert.certify(epsilon)
-    radius = cert.radius()
-    correct = (pred == labels) & cert.valid
-    robust_radius = np.where(correct, radius, 0.0)
-    return dict(
-        num_examples=int(len(labels)),
-        epsilon=float(epsilon),
-        clean_acc=float(np.mean(correct)),
-        vra=float(np.mean(certified == labels)),
-        rejection_rate=float(np.mean(certified == m)),
-        certified_fraction=float(np.mean(certified != m)),
-        radius=_stats(radius),
-        correct_radius=_stats(robust_radius),
-        vra_at={f"{c:g}x": float(np.mean(robust_radius > c * epsilon)) for c in CURVE},
-    )
-
-
-def _test_images(cfg, n):
-    """The first n test images and labels as numpy (n = 0: all)."""
-    import numpy as np
-
-    from gloro_keras.train import data
-
-    _, test, info = data.load(cfg["dataset"], data_dir=cfg.get("data_dir"),
-                              subset_classes=cfg.get("subset_classes"), subset_seed=cfg["subset_seed"])
-    if n:
-        test = test.take(n)
-    xs, ys = [], []
-    for x, y in data.make_pipeline(test, cfg["batch_size"], training=False, info=info).as_numpy_iterator():
-        xs.append(x)
-        ys.append(np.asarray(y).reshape(-1))
-    return np.concatenate(xs), np.concatenate(ys).astype(np.int64)
-
-
-def extra_evaluations(model, cert, labels, cfg, kmat, eps):
-    """PGD accuracy, margin-Lipschitz lower bound and soundness self-check (by flags)."""
-    import numpy as np
-
-    from gloro_keras.ops.certificate import MarginCertificate
-    from gloro_keras.ops.epsilon import check_epsilon
-
-    if not (cfg.get("attack") or cfg.get("lower_bound") or cfg.get("soundness_check")):
-        return {}
-    n = cfg.get("attack_examples") or 0
-    x, y = _test_images(cfg, n)
-    out = {"attack_examples": int(len(y))}
-    radius = cert.radius()[: len(y)]
-    cert = cert.certify(eps)[: len(y)]
-    out["vra_on_attack_examples"] = float(np.mean(cert == y))
-    if cfg.get("attack"):
-        from gloro_keras.attacks import pgd_l2
-
-        res = pgd_l2(model.network, x, y, eps, steps=cfg.get("attack_steps", 50),
-                     restarts=cfg.get("attack_restarts", 1), clip=(0.0, 1.0), batch_size=cfg["batch_size"])
-        out["pgd_accuracy"] = float(res.robust_accuracy)
-    if cfg.get("lower_bound"):
-        from gloro_keras.attacks import margin_lipschitz_lower_bound
-
-        lb = margin_lipschitz_lower_bound(model.network, x[:64], class_pairs="top2", batch_size=cfg["batch_size"])
-        out["margin_lipschitz_lower_bound"] = float(lb.value)
-        out["tightness"] = float(np.nanmax(lb.matrix / np.where(kmat > 0, kmat, np.inf)))
-    if cfg.get("soundness_check"):
-        from gloro_keras.attacks import soundness_check
-
-        idx = np.flatnonzero(cert < model.num_classes)
-        rep = soundness_check(model.network, x[idx], cert[idx], radius[idx], batch_size=cfg["batch_size"])
-        out["soundness_checked"] = int(rep.num_checked)
-        out["soundness_violations"] = int(rep.num_violations)
-    return out
-
-
-def write_plots(cert, labels, eps, folder):
-    """certified_accuracy.png and radius_histogram.png in `folder`; returns their paths."""
-    import numpy as np
-
-    from gloro_keras.evaluation import plots
-    from gloro_keras.ops.certificate import MarginCertificate
-    from gloro_keras.ops.epsilon import check_epsilon
-
-    os.makedirs(folder, exist_ok=True)
-    radius = cert.radius()
-    correct = (cert.predicted == labels) & cert.valid
-    return {
-        "certified_accuracy_png": plots.plot_certified_accuracy(
-            radius, correct, os.path.join(folder, "certified_accuracy.png"), epsilon=eps),
-        "radius_histogram_png": plots.plot_radius_histogram(
-            radius, correct, os.path.join(folder, "radius_histogram.png"), epsilon=eps),
-    }
 
 
 def certify(cfg):
     """Run the certification described by `cfg` (dict of the flag values); returns the report."""
-    from gloro_keras.ops.certificate import MarginCertificate
-    from gloro_keras.ops.epsilon import check_epsilon
-
     if cfg.get("epsilon") is not None:
         try:
             cfg = dict(cfg, epsilon=check_epsilon(cfg["epsilon"], "--epsilon"))
@@ -259,31 +168,40 @@ def certify(cfg):
     started = time.time()
     model = load_model(cfg["model"])
     eps = model.epsilon if cfg.get("epsilon") is None else cfg["epsilon"]
+    batches, info = load_test_set(cfg, model)
     t0 = time.time()
-    bound = cfg["bound"]
-    try:
-        k = model.lipschitz_bound(bound)
-    except (ImportError, NotImplementedError) as e:
-        if bound != "sound":
-            raise
-        print(f"gloro-certify: warning: sound bound unavailable ({e}); using the converged power bound",
-              file=sys.stderr)
-        bound = "power"
-        k = model.lipschitz_bound(bound)
-    kmat = model.margin_bound_matrix(bound)
-    t_bound = time.time() - t0
-    t0 = time.time()
-    cert, labels, info = test_certificate(model, cfg, bound, cfg.get("arithmetic") or "float32")
-    t_logits = time.time() - t0
-    report = dict(model=os.path.abspath(cfg["model"]), dataset=info.name, bound=bound, lipschitz_bound=float(k),
-                  arithmetic=cfg.get("arithmetic") or "float32")
-    report.update(certify_logits(cert, labels, eps))
-    report.update(extra_evaluations(model, cert, labels, cfg, kmat, eps))
+    bound = available_bound(model, cfg["bound"])
+    t_check = time.time() - t0
+    folder = None
     if cfg.get("plots", True):
         out = cfg.get("output")
         folder = os.path.dirname(os.path.abspath(out)) if out and out != "-" else os.path.dirname(os.path.abspath(cfg["model"]))
-        report["files"] = write_plots(cert, labels, eps, folder)
-    report["seconds"] = dict(logits=t_logits, bound=t_bound, total=time.time() - started)
+    r = certification_report(
+        model, batches, epsilon=eps, bound=bound, compare_bounds=False,
+        attack=bool(cfg.get("attack")), attack_steps=cfg.get("attack_steps", 50),
+        attack_restarts=cfg.get("attack_restarts", 1), lower_bound=bool(cfg.get("lower_bound")),
+        lower_bound_points=64, soundness=bool(cfg.get("soundness_check")), soundness_points=None,
+        attack_examples=cfg.get("attack_examples") or None, output_dir=folder, json_name=None,
+        batch_size=cfg["batch_size"], arithmetic=cfg.get("arithmetic") or "float32",
+    )
+    report = dict(model=os.path.abspath(cfg["model"]), dataset=info.name, bound=r.bound,
+                  lipschitz_bound=r.lipschitz_bound, arithmetic=r.arithmetic, num_examples=r.num_examples,
+                  epsilon=float(r.epsilon), clean_acc=r.clean_accuracy, vra=r.vra, rejection_rate=r.rejection_rate,
+                  certified_fraction=r.certified_fraction,
+                  radius=_radius_summary(r.radius_mean, r.radius_median, r.radius_max, r.radius_quantiles),
+                  correct_radius=_radius_summary(r.correct_radius_mean, r.correct_radius_median,
+                                                 r.correct_radius_max, r.correct_radius_quantiles),
+                  vra_at=r.vra_at)
+    if r.attack_examples is not None:
+        report.update(attack_examples=r.attack_examples, vra_on_attack_examples=r.vra_on_attack_examples)
+    for key in ("pgd_accuracy", "margin_lipschitz_lower_bound", "tightness", "soundness_checked",
+                "soundness_violations"):
+        if getattr(r, key) is not None:
+            report[key] = getattr(r, key)
+    if folder is not None:
+        report["files"] = dict(r.files)
+    report["seconds"] = dict(logits=r.seconds[f"certify_{r.bound}"] + r.seconds["data"],
+                             bound=t_check + r.seconds[f"bound_{r.bound}"], total=time.time() - started)
     return report
 
 
@@ -317,7 +235,7 @@ def format_report(r):
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    from gloro_keras.train.data import DataNotFoundError
+    from gloro_keras.data import DataNotFoundError  # TensorFlow: see load_test_set
 
     cfg = {name: FLAGS[name].value for name in
            ("model", "dataset", "data_dir", "epsilon", "bound", "arithmetic", "output", "batch_size", "test_examples",
@@ -341,8 +259,6 @@ def main(argv):
 
 def run(argv=None):
     """Console-script entry point (`gloro-certify`)."""
-    from gloro_keras.train._cli import run_absl
-
     run_absl(main, define_flags, __doc__, argv)
 
 

@@ -1,0 +1,9 @@
+"""The command-line scripts (absl flags), thin layers over the library.
+
+* `gloro-train` = `python -m gloro_keras.cli.train`: train a GloRo LiResNet
+  (`gloro_keras.cli.train`; flags and configuration in `gloro_keras.cli.train_config`).
+* `gloro-certify` = `python -m gloro_keras.cli.certify`: certify a saved model
+  (`gloro_keras.evaluation.certification_report` on its test set).
+
+Nothing is imported here, so `--help` only loads the script it runs.
+"""

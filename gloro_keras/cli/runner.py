@@ -1,0 +1,35 @@
+"""The absl entry point shared by the command-line scripts."""
+import sys
+
+from absl import app, flags
+
+
+def run_absl(main, define_flags, doc, argv=None):
+    """Run a script's `main` through `absl.app.run`.
+
+    Defines the script's flags with `define_flags(flags.FLAGS)` (listed under
+    `--helpshort`) and uses `doc` as the usage text.
+
+    Args:
+        main: `main(argv) -> exit status`, as `absl.app.run` expects.
+        define_flags: registers the script's flags on the `flags.FlagValues` it gets.
+        doc: the usage text absl prints (the script's docstring).
+        argv: the command line (default `sys.argv`).
+
+    Example:
+
+    ```python
+    def run(argv=None):
+        run_absl(main, define_flags, __doc__, argv)
+    ```
+    """
+    fv = flags.FLAGS
+    before = set(fv)
+    define_flags(fv)
+    program = (argv or sys.argv)[0]
+    for name in sorted(set(fv) - before):
+        fv.register_key_flag_for_module(program, fv[name])
+    main_module = sys.modules.get("__main__")
+    if main_module is not None:
+        main_module.__doc__ = doc  # the usage text absl prints
+    app.run(main, argv=argv)

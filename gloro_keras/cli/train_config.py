@@ -1,0 +1,182 @@
+"""`gloro-train`'s configuration: its flags, the defaults, and their resolution.
+
+The configuration is a dict: `DEFAULTS` (the paper's CIFAR-10 L6W128 recipe) ← `--preset`
+← flags given explicitly on the command line, checked by `validate_config`.
+
+```python
+fv = flags.FlagValues()
+define_flags(fv)
+fv(["gloro-train", "--preset=quickstart", "--epochs=2"])
+cfg = config_from_flags(fv)   # cfg["dataset"] == "quickstart", cfg["epochs"] == 2
+```
+"""
+from __future__ import annotations
+
+import os
+import re
+
+from absl import flags
+
+from gloro_keras.models.liresnet import BLOCKS
+from gloro_keras.ops.epsilon import check_epsilon
+from gloro_keras.train import presets as presets_lib
+from gloro_keras.train.schedules import EpsilonSchedule
+
+STRATEGIES = ("default", "mirrored", "multi_worker")
+_LOSS_RE = re.compile(r"^(emma|gloro_crossentropy|ce|trades([._:][0-9.eE+-]+)?)$")
+
+# The paper's CIFAR-10 L6W128 recipe: what you get without --preset.
+DEFAULTS = dict(
+    presets_lib.RECIPE,
+    dataset="cifar10",
+    data_dir=None,
+    depth=6,
+    width=128,
+    dense_width=None,
+    epochs=800,
+    steps_per_epoch=None,
+    batch_size=256,
+    epsilon=36 / 255,
+    power_iterations=10,
+    bound_gradient="full",
+    train_dtype="float32",
+    model_dir=None,
+    strategy="default",
+    seed=0,
+    subset_classes=None,
+    subset_seed=2023,
+    shuffle=True,
+    eval_every=1,
+    test_examples=0,
+    bound="sound",
+    threat_examples=0,
+    tensorboard=False,
+    resume=True,
+    verbose=1,
+)
+CONFIG_KEYS = tuple(DEFAULTS)
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run (reported in one line, exit status 2)."""
+
+
+def define_flags(fv=flags.FLAGS):
+    """Register the gloro-train flags on `fv` (a `flags.FlagValues`)."""
+    d = dict(flag_values=fv)
+    flags.DEFINE_string("preset", None, "Named configuration (`--list_presets`); explicit flags override it.", **d)
+    flags.DEFINE_bool("list_presets", False, "Print the preset names and exit.", **d)
+    flags.DEFINE_string("dataset", None, "quickstart | mnist | cifar10 | cifar100 | tiny_imagenet | "
+                        "imagenet2012 | imagenet_folder | path/to/data.npz. Default: cifar10.", **d)
+    flags.DEFINE_string("data_dir", None, "Where the data set is (tfds dir, Tiny-ImageNet folder, ...).", **d)
+    flags.DEFINE_enum("arch", None, list(BLOCKS), "Block type. Default: liresnet.", **d)
+    flags.DEFINE_integer("depth", None, "L, the number of blocks. Default: 6.", lower_bound=0, **d)
+    flags.DEFINE_integer("width", None, "W, the backbone width (even). Default: 128.", lower_bound=2, **d)
+    flags.DEFINE_integer("dense_width", None, "Width of the dense neck (default 512; 2048 for >128 px).",
+                         lower_bound=2, **d)
+    flags.DEFINE_integer("epochs", None, "Training epochs T. Default: 800.", lower_bound=1, **d)
+    flags.DEFINE_integer("steps_per_epoch", None, "Batches per epoch (default: one pass over the data); "
+                         "set it for quick runs.", lower_bound=1, **d)
+    flags.DEFINE_integer("batch_size", None, "Global batch size. Default: 256.", lower_bound=1, **d)
+    flags.DEFINE_float("epsilon", None, "Test l2 radius ε (input units in [0,1]). Default: 36/255.",
+                       lower_bound=0.0, **d)
+    flags.DEFINE_string("eps_schedule", None, "Training-ε schedule: paper | constant | linear | log | "
+                        "'[0.01]-log-[50%:1.1]' (multiples of ε). Default: paper.", **d)
+    flags.DEFINE_string("loss", None, "emma | gloro_crossentropy (alias ce) | trades | trades.<λ>. "
+                        "Default: emma.", **d)
+    flags.DEFINE_float("lr", None, "Peak learning rate of AdamW. Default: 1e-3.", lower_bound=0.0, **d)
+    flags.DEFINE_float("weight_decay", None, "AdamW weight decay. Default: 1e-4.", lower_bound=0.0, **d)
+    flags.DEFINE_float("clip_norm", None, "Global gradient-norm clipping (0 = off). Default: 3.",
+                       lower_bound=0.0, **d)
+    flags.DEFINE_float("warmup_epochs", None, "Linear LR warm-up epochs, then cosine decay. Default: 20.",
+                       lower_bound=0.0, **d)
+    flags.DEFINE_integer("power_iterations", None, "Power iterations per training step. Default: 10.",
+                         lower_bound=1, **d)
+    flags.DEFINE_enum("bound_gradient", None, ("full", "last"), "Back-propagate through every power "
+                      "iteration of a step (full) or only the final ||A u|| (last). Default: full.", **d)
+    flags.DEFINE_enum("train_dtype", None, ("float32", "bfloat16"), "Compute dtype of the training forward/"
+                      "backward pass (bfloat16 = mixed precision); bounds, evaluation and certification stay "
+                      "float32. Default: float32.", **d)
+    flags.DEFINE_string("model_dir", None, "Output folder. Default: runs/<preset or dataset>_<arch>_L<d>W<w>.", **d)
+    flags.DEFINE_enum("strategy", None, STRATEGIES, "tf.distribute strategy: default | mirrored (all local "
+                      "devices) | multi_worker (MultiWorkerMirroredStrategy, from TF_CONFIG).", **d)
+    flags.DEFINE_integer("seed", None, "Random seed (weights, shuffling, augmentation). Default: 0.", **d)
+    flags.DEFINE_integer("subset_classes", None, "Keep this many classes (ImageNet subsets, Table 7).",
+                         lower_bound=1, **d)
+    flags.DEFINE_integer("subset_seed", None, "Class-shuffle seed for --subset_classes. Default: 2023.", **d)
+    flags.DEFINE_bool("augment", None, "Random crop (+ flip for colour images). Default: true.", **d)
+    flags.DEFINE_bool("shuffle", None, "Shuffle the training data. Default: true.", **d)
+    flags.DEFINE_integer("eval_every", None, "Evaluate on the test split every N epochs (and after the last). "
+                         "Default: 1.",
+                         lower_bound=1, **d)
+    flags.DEFINE_integer("test_examples", None, "Evaluate on the first N test examples only (0 = all).",
+                         lower_bound=0, **d)
+    flags.DEFINE_enum("bound", None, ("sound", "power"), "Bound cached for evaluation: sound (provable "
+                      "upper bound) or power (converged power iteration). Default: sound.", **d)
+    flags.DEFINE_integer("threat_examples", None, "Track how often the threatening class changes (Figure 3) "
+                         "on this many training examples (0 = off).", lower_bound=0, **d)
+    flags.DEFINE_bool("tensorboard", None, "Write TensorBoard logs to <model_dir>/tensorboard.", **d)
+    flags.DEFINE_bool("resume", None, "Back up every epoch and resume an interrupted run. Default: true.", **d)
+    flags.DEFINE_integer("verbose", None, "Keras fit verbosity (0 silent, 1 progress bar, 2 one line/epoch).",
+                         lower_bound=0, upper_bound=2, **d)
+
+    def _check_loss(v):
+        return v is None or bool(_LOSS_RE.match(v.strip().lower()))
+
+    def _check_preset(v):
+        return v is None or v in presets_lib.PRESETS
+
+    def _check_schedule(v):
+        if v is None:
+            return True
+        try:
+            EpsilonSchedule(v)
+        except (ValueError, TypeError) as e:
+            raise flags.ValidationError(str(e))
+        return True
+
+    flags.register_validator("loss", _check_loss, "must be emma, gloro_crossentropy (ce), trades or trades.<λ>",
+                             flag_values=fv)
+    flags.register_validator("preset", _check_preset, "unknown preset; `--list_presets` prints the names",
+                             flag_values=fv)
+    flags.register_validator("eps_schedule", _check_schedule, flag_values=fv)
+    flags.register_validator("width", lambda w: w is None or w % 2 == 0,
+                             "must be even (MinMax pairs channels)", flag_values=fv)
+
+
+def config_from_flags(fv=flags.FLAGS):
+    """The resolved configuration: DEFAULTS ← preset ← explicitly given flags."""
+    cfg = dict(DEFAULTS)
+    preset = fv["preset"].value
+    if preset:
+        cfg.update(presets_lib.get_preset(preset))
+    explicit = []
+    for key in CONFIG_KEYS:
+        flag = fv[key]
+        if flag.present or flag.value is not None:
+            cfg[key] = flag.value
+            explicit.append(key)
+    cfg["preset"] = preset
+    cfg["explicit_flags"] = explicit
+    return validate_config(cfg)
+
+
+def validate_config(cfg):
+    """A checked copy of `cfg`: `ce` spelled out, ε checked, a default `model_dir`.
+
+    Raises:
+        ConfigError: the configuration cannot run.
+    """
+    cfg = dict(cfg)
+    if cfg["loss"] == "ce":
+        cfg["loss"] = "gloro_crossentropy"
+    if cfg["width"] % 2:
+        raise ConfigError(f"width must be even; got {cfg['width']}")
+    try:
+        cfg["epsilon"] = check_epsilon(cfg["epsilon"], "--epsilon")
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    if cfg["model_dir"] is None:
+        stem = cfg.get("preset") or os.path.splitext(os.path.basename(str(cfg["dataset"])))[0]
+        cfg["model_dir"] = os.path.join("runs", f"{stem}_{cfg['arch']}_L{cfg['depth']}W{cfg['width']}")
+    return cfg
