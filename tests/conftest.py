@@ -1,11 +1,20 @@
 """Shared test helpers: real-data paths, explicit operator matrices, input gradients."""
+import os
 from pathlib import Path
 
-import keras
-import numpy as np
-import pytest
+# Under pytest-xdist each worker gets an equal share of the cores, set before TensorFlow starts
+# its thread pools: workers whose thread pools each span every core wait on each other's
+# preempted threads.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    CORE_SHARE = str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+    os.environ.setdefault("TF_NUM_INTRAOP_THREADS", CORE_SHARE)
+    os.environ.setdefault("TF_NUM_INTEROP_THREADS", CORE_SHARE)
 
-import gloro_keras as gk
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+import gloro_keras as gk  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"

@@ -15,8 +15,11 @@ CORE = ["tests/test_layers.py", "tests/test_model.py", "tests/test_losses.py", "
 def test_core_suite_passes_on_jax():
     pytest.importorskip("jax")
     env = dict(os.environ, KERAS_BACKEND="jax")
+    if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):  # this worker's share of the cores (conftest)
+        env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false"
+                            f" intra_op_parallelism_threads={os.environ['TF_NUM_INTRAOP_THREADS']}").strip()
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-W", "ignore::DeprecationWarning", *CORE],
+        [sys.executable, "-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider", "-W", "ignore::DeprecationWarning", *CORE],
         env=env, cwd=REPO, capture_output=True, text=True, timeout=1800,
     )
     tail = "\n".join(result.stdout.splitlines()[-40:])

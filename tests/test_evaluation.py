@@ -9,6 +9,7 @@ from conftest import MNIST_EPS
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.xdist_group("trained_mnist")  # one worker trains it, once
 def test_report_figures_are_consistent_and_sound(trained_mnist, tmp_path):
     model, xt, yt = trained_mnist
     x, y = xt[:300], yt[:300]

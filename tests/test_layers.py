@@ -208,8 +208,9 @@ def _unrolled_full_bound(layer):
 
     kernel = layer.linear_kernel()
     u = l2_normalize(ops.convert_to_tensor(layer.iterate))
-    for _ in range(layer.power_iterations):
-        u = layer._step(u, kernel)
+    for _ in range(layer.power_iterations):  # u ← AᵀAu / ‖AᵀAu‖, written out independently
+        w = layer.apply_adjoint(layer.apply_linear(u, kernel), kernel)
+        u = w / safe_norm(w)
     return safe_norm(layer.apply_linear(u, kernel))
 
 

@@ -264,6 +264,7 @@ def test_batch_composition_never_breaks_a_certificate():
 
 
 # ---- reported VRA never above certify ---------------------------------------------------------
+@pytest.mark.xdist_group("trained_mnist")  # one worker trains it, once
 def test_evaluate_and_predict_never_certify_more_than_certify(trained_mnist):
     model, xt, yt = trained_mnist  # fit's ConvergeBounds cached the sound bound
     cls = model.certify(xt)

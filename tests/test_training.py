@@ -5,6 +5,7 @@ import pytest
 from conftest import MNIST_EPS as EPS
 
 
+@pytest.mark.xdist_group("trained_mnist")  # one worker trains it, once
 def test_short_fit_on_mnist_certifies_far_above_chance(trained_mnist):
     model, xt, yt = trained_mnist
     certified = model.certify(xt)  # sound bound
@@ -21,6 +22,7 @@ def test_short_fit_on_mnist_certifies_far_above_chance(trained_mnist):
     assert logs["vra"] == pytest.approx(vra, abs=2e-3)
 
 
+@pytest.mark.xdist_group("trained_mnist")  # one worker trains it, once
 def test_pgd_finds_no_adversarial_example_on_certified_points(trained_mnist):
     from gloro_keras.attacks import pgd_l2
 
@@ -35,6 +37,7 @@ def test_pgd_finds_no_adversarial_example_on_certified_points(trained_mnist):
     assert np.mean(strong.success) > 0.2
 
 
+@pytest.mark.xdist_group("trained_mnist")  # one worker trains it, once
 def test_sound_bound_is_tight_on_trained_kernels(trained_mnist):
     model = trained_mnist[0]
     for layer in model.bounded_layers:

@@ -27,6 +27,8 @@ from typing import Optional
 import numpy as np
 from keras import ops
 
+from gloro_keras.ops.norms import safe_norm
+
 from . import _grad
 from .pgd import _expand, _pad_to, _prepare, _num_classes, _safe_norm, _normalize_clip
 
@@ -77,7 +79,7 @@ def _build_fns(pm, use_coef: bool, clip):
         if use_coef:
             num = ops.abs(ops.sum(diff * coef, axis=-1))
         else:
-            num = ops.sqrt(ops.maximum(ops.sum(ops.square(diff), axis=-1), 1e-30))
+            num = safe_norm(diff, axis=-1)
         den = _safe_norm(xa - xb)
         r = num / den
         return ops.sum(r), r
@@ -117,7 +119,7 @@ def _build_fns(pm, use_coef: bool, clip):
 def _unit_directions(rng, n, shape):
     d = int(np.prod(shape))
     v = rng.standard_normal((n, d))
-    v /= np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)  # Gaussian draws: never 0
     return v.reshape((n,) + tuple(shape))
 
 

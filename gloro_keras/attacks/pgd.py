@@ -24,11 +24,12 @@ from dataclasses import dataclass, field
 import numpy as np
 from keras import ops
 
+from gloro_keras.ops.norms import safe_norm
+
 from . import _grad
 
 __all__ = ["PGDResult", "pgd_l2", "apgd_l2"]
 
-_TINY = 1e-12
 _LOSSES = ("ce", "margin")
 
 
@@ -72,14 +73,9 @@ def _expand(v, ndim):
     return ops.reshape(v, (-1,) + (1,) * (ndim - 1))
 
 
-def _sq_norm(v):
-    nd = len(v.shape)
-    return ops.sum(ops.square(v), axis=tuple(range(1, nd)))
-
-
 def _safe_norm(v):
-    """Per-example ℓ2 norm, nan-safe: sqrt(max(Σ v², tiny))."""
-    return ops.sqrt(ops.maximum(_sq_norm(v), _TINY))
+    """Per-example ℓ2 norm, nan-safe (`gloro_keras.ops.safe_norm` over all but the batch axis)."""
+    return safe_norm(v, axis=tuple(range(1, len(v.shape))))
 
 
 def _margin(logits, y_onehot):
@@ -263,7 +259,7 @@ def _random_in_ball(rng, shape, eps):
     n = shape[0]
     d = int(np.prod(shape[1:]))
     v = rng.standard_normal((n, d))
-    v /= np.maximum(np.linalg.norm(v, axis=1, keepdims=True), _TINY)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)  # Gaussian draws: never 0
     r = eps.astype(np.float64) * rng.uniform(size=n) ** (1.0 / d)
     return (v * r[:, None]).reshape(shape)
 
