@@ -4,7 +4,7 @@ from keras import ops
 
 from gloro_keras.ops.conv import conv_kernel_vjp
 from gloro_keras.ops.padding import as_pair, normalize_padding
-from gloro_keras.ops.precision import accumulate_float64, float64_affine
+from gloro_keras.ops.precision import accumulate_float64, affine
 from gloro_keras.layers.lipschitz_layer import LipschitzLayer
 
 
@@ -127,12 +127,8 @@ class LipschitzConv2D(LipschitzLayer):
         return self.kernel
 
     def call(self, x, training=None):
-        if accumulate_float64(training, self.float64_inference, self.compute_dtype):
-            return float64_affine(self.apply_linear, x, self.kernel, self.bias, self.compute_dtype)
-        y = self.apply_linear(x, self.kernel)
-        if self.bias is not None:
-            y = y + self.bias
-        return y
+        f64 = accumulate_float64(training, self.float64_inference, self.compute_dtype)
+        return affine(self.apply_linear, x, self.kernel, self.bias, self.compute_dtype, float64=f64)
 
     def compute_output_shape(self, input_shape):
         h, w = input_shape[1:3]

@@ -2,7 +2,7 @@
 import keras
 from keras import ops
 
-from gloro_keras.ops.precision import accumulate_float64, float64_affine
+from gloro_keras.ops.precision import accumulate_float64, affine
 from gloro_keras.layers.lipschitz_layer import LipschitzLayer
 
 
@@ -86,12 +86,8 @@ class LipschitzDense(LipschitzLayer):
         return self.kernel
 
     def call(self, x, training=None):
-        if accumulate_float64(training, self.float64_inference, self.compute_dtype):
-            return float64_affine(ops.matmul, x, self.kernel, self.bias, self.compute_dtype)
-        y = ops.matmul(x, self.kernel)
-        if self.bias is not None:
-            y = y + self.bias
-        return y
+        f64 = accumulate_float64(training, self.float64_inference, self.compute_dtype)
+        return affine(ops.matmul, x, self.kernel, self.bias, self.compute_dtype, float64=f64)
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[:-1]) + (self.units,)

@@ -5,7 +5,7 @@ from keras import ops
 import numpy as np
 
 from gloro_keras.ops.norms import TINY, safe_norm
-from gloro_keras.ops.precision import accumulate_float64
+from gloro_keras.ops.precision import accumulate_float64, affine
 
 
 @keras.saving.register_keras_serializable(package="gloro_keras")
@@ -60,17 +60,10 @@ class LLNDense(keras.layers.Layer):
         return w / np.sqrt(np.maximum(np.sum(w * w, axis=0, keepdims=True), TINY))
 
     def call(self, x, training=None):
-        if accumulate_float64(training, self.float64_inference, self.compute_dtype):
-            w = ops.cast(self.kernel, "float64")
-            w = w / ops.sqrt(ops.maximum(ops.sum(ops.square(w), axis=0, keepdims=True), TINY))
-            y = ops.matmul(ops.cast(x, "float64"), w)
-            if self.bias is not None:
-                y = y + ops.cast(self.bias, "float64")
-            return ops.cast(y, self.compute_dtype)
-        y = ops.matmul(x, self.margin_kernel())
-        if self.bias is not None:
-            y = y + self.bias
-        return y
+        f64 = accumulate_float64(training, self.float64_inference, self.compute_dtype)
+        kernel = ops.cast(self.kernel, "float64") if f64 else self.kernel
+        w = kernel / safe_norm(kernel, axis=0, keepdims=True)  # Ŵ, normalized in float64 when f64
+        return affine(ops.matmul, x, w, self.bias, self.compute_dtype, float64=f64)
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[:-1]) + (self.units,)

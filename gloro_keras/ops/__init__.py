@@ -21,15 +21,15 @@ from gloro_keras.ops.norms import TINY, l2_normalize, safe_norm
 from gloro_keras.ops.padding import as_pair, explicit_padding, normalize_padding
 from gloro_keras.ops.precision import (
     accumulate_float64,
-    float64_affine,
+    affine,
     float64_available,
     full_precision_kernels,
 )
 
 __all__ = [
-    "FLOAT64_SAFETY", "MarginCertificate", "TINY", "accumulate_float64", "as_pair", "bottom_logit",
+    "FLOAT64_SAFETY", "MarginCertificate", "TINY", "accumulate_float64", "affine", "as_pair", "bottom_logit",
     "certified_radius_np", "certify_np", "check_epsilon", "conv_kernel_vjp", "explicit_padding",
-    "finite_argmax", "float64_affine", "float64_available", "full_precision_kernels", "gloro_outputs",
+    "finite_argmax", "float64_available", "full_precision_kernels", "gloro_outputs",
     "l2_normalize", "label_lift", "normalize_padding", "pairwise_distances", "pairwise_distances_np",
     "pairwise_distances_upper", "predicted_class", "safe_norm", "sparse_labels", "strict_bottom_logit",
 ]

@@ -49,10 +49,13 @@ def accumulate_float64(training, enabled, compute_dtype):
     return bool(enabled) and not training and compute_dtype == "float32" and float64_available()
 
 
-def float64_affine(linear, x, kernel, bias, compute_dtype):
-    """`linear(x, kernel) + bias` with float32 operands cast to float64 (products exact),
-    summed in float64 and rounded to `compute_dtype` once."""
-    y = linear(ops.cast(x, "float64"), ops.cast(kernel, "float64"))
+def affine(linear, x, kernel, bias, compute_dtype, float64=False):
+    """`linear(x, kernel) + bias`. With `float64=True` the float32 operands are cast to float64
+    (their products are then exact), summed in float64 and rounded to `compute_dtype` once."""
+    if float64:
+        x, kernel = ops.cast(x, "float64"), ops.cast(kernel, "float64")
+        bias = None if bias is None else ops.cast(bias, "float64")
+    y = linear(x, kernel)
     if bias is not None:
-        y = y + ops.cast(bias, "float64")
-    return ops.cast(y, compute_dtype)
+        y = y + bias
+    return ops.cast(y, compute_dtype) if float64 else y
