@@ -127,11 +127,6 @@ def build(variant, L, W):
     return m
 
 
-def bounded_layers(model):
-    """The layers whose bound a GloroModel multiplies, in forward order."""
-    return list(model.bounded_layers)
-
-
 def load_arrays():
     """(x_train_batch, y_train_batch, x_test, data_source) as float32 [0,1] / int32."""
     import numpy as np
@@ -176,7 +171,7 @@ def flop_floor(model):
     """
     import gloro_keras as gk
 
-    bounded = {id(layer) for layer in bounded_layers(model)}
+    bounded = {id(layer) for layer in model.bounded_layers}
     per_image, bounded_macs = 0, 0
     for layer in model.network.layers:
         if isinstance(layer, (gk.layers.LipschitzConv2D, gk.layers.LiResNetBlock)):

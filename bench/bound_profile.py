@@ -78,7 +78,7 @@ def run(L, W, models, args, log):
         return t / ops.sqrt(ops.maximum(ops.sum(ops.square(t)), TINY))
 
     g_full, g_last = models["gloro_full"], models["gloro_last"]
-    bounded = U.bounded_layers(g_full)
+    bounded = g_full.bounded_layers
     blocks = [l for l in bounded if isinstance(l, LiResNetBlock)]
     others = [l for l in bounded if not isinstance(l, LiResNetBlock)]
 

@@ -64,7 +64,7 @@ def run(model, xte, args, log, gloro_predict=True, power_check=True):
     res["times_s"] = _times(times)
     # Is the sound bound cached as intended? Count the layers' sound_bound calls in one
     # more certify call with the same weights (counted, so not timed: the hook slows Python calls).
-    sound_fns = {type(layer).sound_bound for layer in U.bounded_layers(model)}
+    sound_fns = {type(layer).sound_bound for layer in model.bounded_layers}
     with U.count_calls({"sound": sound_fns}) as counts:
         model.certify(x[:B], bound="sound", batch_size=B)
     res["sound_recomputed_in_certify_calls"] = counts["sound"]
