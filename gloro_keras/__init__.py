@@ -6,13 +6,12 @@
     model.fit(x_train, y_train, epochs=..., batch_size=256)
     model.certify(x_test)           # class per input, or num_classes (⊥) if not certified
 """
-from gloro_keras import evaluation, layers, losses, metrics, train
+from gloro_keras import compat, evaluation, layers, losses, metrics, train
 from gloro_keras.evaluation import CertificationReport, certification_report
 from gloro_keras.models import (
     GloroConvNet,
     GloroLiResNet,
     GloroModel,
-    GloroNet,
     GloroResNet,
     liresnet_network,
 )
@@ -26,9 +25,6 @@ from gloro_keras.train import (
     WarmupCosine,
 )
 
-# Original gloro callback name.
-UpdatePowerIterates = ConvergeBounds
-
 __version__ = "0.1.0"
 
 __all__ = [
@@ -38,16 +34,15 @@ __all__ = [
     "EpsilonScheduler",
     "LearningRateLogger",
     "ThreateningClassTracker",
-    "UpdatePowerIterates",
     "VRALogger",
     "WarmupCosine",
     "certification_report",
+    "compat",
     "evaluation",
     "train",
     "GloroConvNet",
     "GloroLiResNet",
     "GloroModel",
-    "GloroNet",
     "GloroResNet",
     "layers",
     "liresnet_network",

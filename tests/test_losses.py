@@ -86,10 +86,11 @@ def test_trades_with_unit_lambda_is_gloro_crossentropy():
                            ops.convert_to_numpy(gloro_crossentropy_loss(labels, *a)), rtol=1e-3)
 
 
-def test_loss_names_resolve_like_the_original_gloro():
+def test_loss_names_resolve():
     assert isinstance(gk.losses.get("emma"), EMMA)
-    assert isinstance(gk.losses.get("sparse_crossentropy"), GloroCrossentropy)
-    assert gk.losses.get("sparse_trades_kl.1.5").lam == 1.5
+    assert isinstance(gk.losses.get("gloro_crossentropy"), GloroCrossentropy)
+    assert isinstance(gk.losses.get("gloro_ce"), GloroCrossentropy)
+    assert gk.losses.get("trades.1.5").lam == 1.5
     assert gk.losses.get("trades").lam == 1.0
 
 

@@ -60,16 +60,16 @@ def test_product_bound_equals_product_of_exact_layer_norms():
     assert abs(k - exact) <= 1e-3 * exact and k <= exact * (1 + 1e-5), (k, exact)
 
 
-def test_constructor_forms_alias_and_original_gloro_style():
+def test_constructor_forms():
     x = keras.Input((6,))
-    z = gk.layers.Dense(8)(x)
+    z = gk.layers.LipschitzDense(8)(x)
     z = MinMax()(z)
-    y = gk.layers.Dense(3)(z)
-    for model in (gk.GloroModel(inputs=x, outputs=y, epsilon=0.5), gk.GloroNet(x, y, epsilon=0.5),
+    y = gk.layers.LipschitzDense(3)(z)
+    for model in (gk.GloroModel(inputs=x, outputs=y, epsilon=0.5), gk.GloroModel(x, y, epsilon=0.5),
                   gk.GloroModel(keras.Model(x, y), epsilon=0.5), gk.GloroModel(keras.Model(x, y), 0.5)):
         assert model.num_classes == 3 and model.epsilon == 0.5
         assert model(np.zeros((2, 6), "float32")).shape == (2, 4)
-    seq = keras.Sequential([keras.Input((6,)), gk.layers.Dense(8), MinMax(), LLNDense(3)])
+    seq = keras.Sequential([keras.Input((6,)), gk.layers.LipschitzDense(8), MinMax(), LLNDense(3)])
     assert gk.GloroModel(seq, epsilon=0.1).num_classes == 3
 
 
@@ -79,15 +79,15 @@ def test_unsupported_layers_are_errors_naming_the_layer():
     y = LLNDense(3)(MinMax()(z))
     with pytest.raises(ValueError, match="plain_dense.*gloro_keras.layers.Dense"):
         gk.GloroModel(x, y, epsilon=0.1)
-    z = keras.layers.BatchNormalization(name="bn")(gk.layers.Dense(8)(x))
+    z = keras.layers.BatchNormalization(name="bn")(gk.layers.LipschitzDense(8)(x))
     with pytest.raises(ValueError, match="'bn'"):
         gk.GloroModel(x, LLNDense(3)(z), epsilon=0.1)
-    a = gk.layers.Dense(8)(x)
-    z = keras.layers.Add(name="skip")([a, gk.layers.Dense(8)(x)])
+    a = gk.layers.LipschitzDense(8)(x)
+    z = keras.layers.Add(name="skip")([a, gk.layers.LipschitzDense(8)(x)])
     with pytest.raises(ValueError, match="skip"):
         gk.GloroModel(x, LLNDense(3)(z), epsilon=0.1)
     with pytest.raises(ValueError, match="linear classification head"):
-        gk.GloroModel(x, MinMax(name="last")(gk.layers.Dense(4)(x)), epsilon=0.1)
+        gk.GloroModel(x, MinMax(name="last")(gk.layers.LipschitzDense(4)(x)), epsilon=0.1)
 
 
 def _network_dtypes(model):
@@ -303,34 +303,3 @@ def test_save_load_round_trip_and_continue_training(tmp_path):
     np.testing.assert_array_equal(loaded.certify(x, bound="current"), model.certify(x, bound="current"))
     loaded.fit(x, y, epochs=1, batch_size=16, verbose=0)  # optimizer state and loss restored
     assert int(ops.convert_to_numpy(loaded.optimizer.iterations)) == 4
-
-
-def test_original_gloro_readme_example_ports_by_changing_imports():
-    # Original: from gloro import GloroNet; keras Input/Activation; gloro-era names throughout.
-    from keras.layers import Activation, Input
-    from gloro_keras import GloroNet
-    from gloro_keras.layers import Dense
-    from gloro_keras.losses import Crossentropy, Trades
-    from gloro_keras.metrics import clean_acc, vra
-
-    x = Input((5,))
-    z = Dense(6)(x)
-    z = Activation("relu")(z)
-    z = Dense(7)(z)
-    z = Activation("relu")(z)
-    y = Dense(3)(z)
-    gloronet = GloroNet(x, y, epsilon=0.5)
-    gloronet = GloroNet(model=keras.Model(x, y), epsilon=0.5)
-    X = np.random.rand(32, 5).astype("float32")
-    Y = np.random.randint(0, 3, 32)
-    gloronet.compile(optimizer="adam", loss=Crossentropy(), metrics=[clean_acc, vra])
-    logs = gloronet.fit(X, Y, epochs=1, batch_size=16, verbose=0).history
-    assert {"clean_acc", "vra", "loss"} <= set(logs)
-    gloronet.compile(optimizer="adam", loss=Trades(2.0), metrics=["clean_acc", "vra"])
-    gloronet.fit(X, Y, epochs=1, batch_size=16, verbose=0)
-    gloronet.refresh_iterates()
-    k = gloronet.lipschitz_constant(bound="power")
-    assert k.shape == (3, 3) and np.all(np.diag(k) == -1) and np.all(k[~np.eye(3, dtype=bool)] > 0)
-    assert gloronet.predict_clean(X).shape == (32, 3) and gloronet.f is gloronet.network
-    gloronet.freeze_lipschitz_constant("power")
-    assert gloronet.predict(X, verbose=0).shape == (32, 4)

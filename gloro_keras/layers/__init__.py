@@ -1,7 +1,6 @@
 """Lipschitz-bounded layers for GloRo networks.
 
-`Conv2D` and `Dense` alias the bounded layers so that models written for the original
-`gloro` (Keras 2) port by changing imports.
+(The original gloro's layer names, `Dense`, `Conv2D`, ...: `gloro_keras.compat.layers`.)
 """
 from gloro_keras.layers.bounded_layer import BoundedLayer
 from gloro_keras.layers.lipschitz_conv2d import LipschitzConv2D
@@ -12,13 +11,8 @@ from gloro_keras.layers.lln_dense import LLNDense
 from gloro_keras.layers.min_max import MinMax
 from gloro_keras.layers.resnet_block import ResNetBlock
 
-Conv2D = LipschitzConv2D
-Dense = LipschitzDense
-
 __all__ = [
     "BoundedLayer",
-    "Conv2D",
-    "Dense",
     "LLNDense",
     "LiResNetBlock",
     "LipschitzConv2D",

@@ -39,15 +39,6 @@ class BoundedLayer(keras.layers.Layer, metaclass=abc.ABCMeta):
     def sound_bound(self):
         """Guaranteed upper bound on the Lipschitz constant (float64), from the weights."""
 
-    # names of gloro-keras 0.1 (kept so that code written against it runs)
-    def lipschitz_bound(self, training=False, gradient="full"):
-        """Former name of `power_estimate`."""
-        return self.power_estimate(training=training, gradient=gradient)
-
-    def sound_lipschitz_bound(self):
-        """Former name of `sound_bound`."""
-        return self.sound_bound()
-
 
 def check_gradient(gradient):
     if gradient not in BOUND_GRADIENTS:

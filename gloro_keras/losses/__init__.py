@@ -8,23 +8,19 @@ from gloro_keras.losses.gloro_crossentropy import GloroCrossentropy, gloro_cross
 from gloro_keras.losses.gloro_loss import LOSS_INPUTS, GloroLoss
 from gloro_keras.losses.trades import TRADES, trades_loss
 
-# Original gloro class names.
-Crossentropy = GloroCrossentropy
-Trades = TRADES
-
-_TRADES_NAME = re.compile(r"^(sparse_)?trades(_kl)?([._:](?P<lam>[0-9.eE+-]+))?$")
+_TRADES_NAME = re.compile(r"^trades([._:](?P<lam>[0-9.eE+-]+))?$")
 
 
 def get(identifier):
-    """Resolve a loss: an object, or one of "emma", "gloro_crossentropy" (also the original
-    gloro's "crossentropy" / "sparse_crossentropy"), "trades", "trades.<λ>" /
-    "sparse_trades_kl.<λ>"; anything else goes to `keras.losses.get`."""
+    """Resolve a loss: an object, or one of "emma", "gloro_crossentropy" ("gloro_ce"),
+    "trades", "trades.<λ>"; anything else goes to `keras.losses.get`. (The original
+    gloro's names: `gloro_keras.compat.training.losses.get`.)"""
     if not isinstance(identifier, str):
         return identifier
     name = identifier.strip().lower()
     if name == "emma":
         return EMMA()
-    if name in ("gloro_crossentropy", "gloro_ce", "crossentropy", "sparse_crossentropy"):
+    if name in ("gloro_crossentropy", "gloro_ce"):
         return GloroCrossentropy()
     match = _TRADES_NAME.match(name)
     if match:
@@ -34,13 +30,11 @@ def get(identifier):
 
 
 __all__ = [
-    "Crossentropy",
     "EMMA",
     "GloroCrossentropy",
     "GloroLoss",
     "LOSS_INPUTS",
     "TRADES",
-    "Trades",
     "emma_loss",
     "get",
     "gloro_crossentropy_loss",

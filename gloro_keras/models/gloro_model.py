@@ -354,8 +354,7 @@ class GloroModel(keras.Model):
     # -- training --------------------------------------------------------------------
     def compile(self, optimizer="rmsprop", loss=None, metrics=None, jit_compile=None, **kwargs):
         """`keras.Model.compile`, plus GloRo names: loss "emma" | "gloro_crossentropy" |
-        "trades" (and the original gloro's "sparse_crossentropy", "sparse_trades_kl.1.5",
-        ...), metrics "clean_acc" | "vra" | "rejection_rate". A `GloroLoss` is applied by
+        "trades" | "trades.<λ>", metrics "clean_acc" | "vra" | "rejection_rate". A `GloroLoss` is applied by
         `compute_loss` to `loss_inputs(y_pred)`; any other loss to the (B, m+1) outputs.
         jit_compile defaults to False on TensorFlow (graph mode is faster on CPU and XLA
         fails under tf.distribute on CPU) and "auto" elsewhere."""
@@ -644,31 +643,6 @@ class GloroModel(keras.Model):
         (0 where it is not robust; 0 for non-finite inputs)."""
         return self.margin_certificate(x, bound, arithmetic, batch_size).radius()
 
-    # -- names of the original gloro API ----------------------------------------------
-    @property
-    def f(self):
-        """The underlying logits network (original gloro name)."""
-        return self.network
-
-    def lipschitz_constant(self, bound="sound"):
-        """Pairwise margin bounds K_ij with -1 on the diagonal (original gloro layout)."""
-        kmat = self.margin_bound_matrix(bound)
-        np.fill_diagonal(kmat, -1.0)
-        return kmat
-
-    def predict_clean(self, x, batch_size=256, verbose=0):
-        """The m clean logits (original gloro name of `predict_logits`)."""
-        return self.predict_logits(x, batch_size=batch_size, verbose=verbose)
-
-    def refresh_iterates(self, max_iterations=500, tolerance=1e-6):
-        """Converge the power iterates (original gloro name of `converge_bounds`)."""
-        return self.converge_bounds(max_iterations=max_iterations, tolerance=tolerance)
-
-    def freeze_lipschitz_constant(self, bound="sound"):
-        """Fix the bound used by inference until the next training step
-        (original gloro name; see `update_bound_cache`)."""
-        return self.update_bound_cache(bound)
-
     # -- serialization ---------------------------------------------------------------
     def load_own_variables(self, store):
         """Also loads files saved before the rounding terms existed (0.1.0): their bound
@@ -701,7 +675,6 @@ class GloroModel(keras.Model):
         return cls(network=network, **config)
 
 
-GloroNet = GloroModel
 
 
 def _with_dtype(config, dtype):
