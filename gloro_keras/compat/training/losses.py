@@ -7,7 +7,7 @@ from gloro_keras.losses import TRADES, GloroCrossentropy
 Crossentropy = GloroCrossentropy
 Trades = TRADES
 
-_TRADES_NAME = re.compile(r"^(sparse_)?trades(_kl)?([._:](?P<lam>[0-9.eE+-]+))?$")
+_GLORO_TRADES = re.compile(r"^(sparse_)?trades(_kl)?(?=$|[._:])")
 
 
 def get(identifier):
@@ -17,12 +17,8 @@ def get(identifier):
         return identifier
     name = identifier.strip().lower()
     if name in ("crossentropy", "sparse_crossentropy"):
-        return GloroCrossentropy()
-    match = _TRADES_NAME.match(name)
-    if match:
-        lam = match.group("lam")
-        return TRADES(lam=float(lam) if lam else 1.0)
-    return gk_losses.get(identifier)
+        name = "gloro_crossentropy"
+    return gk_losses.get(_GLORO_TRADES.sub("trades", name))
 
 
 __all__ = ["Crossentropy", "Trades", "get"]
