@@ -123,10 +123,10 @@ def test_numpy_conv_and_adjoint_match_matrix(kshape, size, strides, padding):
     kernel = rng.standard_normal(kshape)
     mat = conv2d_operator_matrix(kernel, size, strides, padding)
     x = rng.standard_normal(tuple(size) + (kshape[2],))
-    y = S._conv2d_apply(x, kernel, strides, padding)
+    y = S.conv2d_apply(x, kernel, strides, padding)
     np.testing.assert_allclose(y.ravel(), mat @ x.ravel(), rtol=1e-12, atol=1e-12)
     v = rng.standard_normal(y.shape)
-    xt = S._conv2d_apply_transpose(v, kernel, size, strides, padding)
+    xt = S.conv2d_apply_transpose(v, kernel, size, strides, padding)
     np.testing.assert_allclose(xt.ravel(), mat.T @ v.ravel(), rtol=1e-12, atol=1e-12)
 
 
@@ -136,16 +136,16 @@ def test_numpy_conv_and_adjoint_match_matrix(kshape, size, strides, padding):
 
 
 def torus_dilation(kernel, size, strides, padding, tau, shrink=(0, 0)):
-    """Explicit (R C E) for the minimal torus of `_axis_geometry` with twists tau=(t1, t2)
+    """Explicit (R C E) for the minimal torus of `axis_geometry` with twists tau=(t1, t2)
     (made smaller by `shrink` to show that the minimum is needed)."""
     H, W = size
     (pt, pb), (pl, pr) = padding
     kh, kw, cin, cout = kernel.shape
     sh, sw = strides
-    ho, a1, n1 = S._axis_geometry(H, kh, sh, pt, pb)
-    wo, a2, n2 = S._axis_geometry(W, kw, sw, pl, pr)
+    ho, a1, n1 = S.axis_geometry(H, kh, sh, pt, pb)
+    wo, a2, n2 = S.axis_geometry(W, kw, sw, pl, pr)
     n1, n2 = n1 - shrink[0], n2 - shrink[1]
-    kp = S._polyphase_kernel(kernel, strides)
+    kp = S.polyphase_kernel(kernel, strides)
     cp = kp.shape[2]
     # E: input -> torus (n1, n2, cp); only data that some output reads is embedded
     E = np.zeros((n1, n2, cp, H, W, cin), dtype=complex)
@@ -189,21 +189,21 @@ def test_twisted_torus_dilation_is_exact(kshape, size, strides, padding):
             w1 = (2 * np.pi * np.arange(n1) + phi[0]) / n1
             w2 = (2 * np.pi * np.arange(n2) + phi[1]) / n2
             g1, g2 = np.meshgrid(w1, w2, indexing="ij")
-            sym = S._sigma_points(kp, g1, g2).max()
+            sym = S.sigma_points(kp, g1, g2).max()
             top = np.linalg.svd(C, compute_uv=False)[0]
-            assert top <= sym <= top * (1 + 2e-8)  # _sigma_points includes the round-off slack
+            assert top <= sym <= top * (1 + 2e-8)  # sigma_points includes the round-off slack
 
 
 def test_minimal_torus_sizes():
     """The admissible minimum of the soundness argument for the shapes that matter."""
     H = 6
-    _, _, n1 = S._axis_geometry(H, 3, 1, 1, 1)
+    _, _, n1 = S.axis_geometry(H, 3, 1, 1, 1)
     assert n1 == H + 1
-    _, _, n1 = S._axis_geometry(H, 3, 1, 2, 0)
+    _, _, n1 = S.axis_geometry(H, 3, 1, 2, 0)
     assert n1 == H + 2
-    _, _, n1 = S._axis_geometry(16, 4, 4, 0, 0)  # neck: 4 outputs, one polyphase tap
+    _, _, n1 = S.axis_geometry(16, 4, 4, 0, 0)  # neck: 4 outputs, one polyphase tap
     assert n1 == 4
-    _, _, n1 = S._axis_geometry(32, 5, 2, 2, 2)  # stem 32 -> 16
+    _, _, n1 = S.axis_geometry(32, 5, 2, 2, 2)  # stem 32 -> 16
     assert n1 == 17
 
 
@@ -372,8 +372,8 @@ def test_matrix_free_reference_at_moderate_width():
     n = 16 * 16 * c
     op = sla.LinearOperator(
         (n, n),
-        matvec=lambda v: S._conv2d_apply(v.reshape(16, 16, c), kernel, (1, 1), pad).ravel(),
-        rmatvec=lambda v: S._conv2d_apply_transpose(
+        matvec=lambda v: S.conv2d_apply(v.reshape(16, 16, c), kernel, (1, 1), pad).ravel(),
+        rmatvec=lambda v: S.conv2d_apply_transpose(
             v.reshape(16, 16, c), kernel, size, (1, 1), pad
         ).ravel(),
         dtype=np.float64,
@@ -415,7 +415,7 @@ def test_explicit_gram_matches_operator_matrix(kshape, size, strides, padding):
     rng = np.random.default_rng(12)
     kernel = rng.standard_normal(kshape)
     A = conv2d_operator_matrix(kernel, size, strides, padding)
-    g, _ = S._explicit_gram(kernel, size, strides, padding)
+    g, _ = S.explicit_gram(kernel, size, strides, padding)
     ref = A.T @ A if A.shape[1] <= A.shape[0] else A @ A.T
     np.testing.assert_allclose(g, ref, rtol=1e-12, atol=1e-12)
 

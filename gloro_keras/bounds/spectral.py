@@ -64,6 +64,13 @@ __all__ = [
     "conv2d_spectral_bound",
     "dense_spectral_bound",
     "conv2d_operator_matrix",
+    # the steps, public so that they are tested one by one
+    "axis_geometry",
+    "conv2d_apply",
+    "conv2d_apply_transpose",
+    "explicit_gram",
+    "polyphase_kernel",
+    "sigma_points",
 ]
 
 _U = 2.0 ** -53  # unit round-off of float64
@@ -91,7 +98,7 @@ def _out_len(n, k, s, p0, p1):
     return 0 if total < k else (total - k) // s + 1
 
 
-def _axis_geometry(n, k, s, p0, p1):
+def axis_geometry(n, k, s, p0, p1):
     """``(n_out, k_poly, n_min)`` for one spatial axis: output length, polyphase taps and the
     smallest admissible torus size (module docstring, step 2)."""
     if n <= 0 or k <= 0 or s <= 0:
@@ -114,7 +121,7 @@ def _axis_geometry(n, k, s, p0, p1):
     return n_out, k_poly, n_min
 
 
-def _polyphase_kernel(kernel, strides):
+def polyphase_kernel(kernel, strides):
     kh, kw, cin, cout = kernel.shape
     sh, sw = strides
     ah, aw = -(-kh // sh), -(-kw // sw)
@@ -189,7 +196,7 @@ def _symbol_abs_err(kp):
     return 4.0 * c * _U * float(np.sum(tap_norms)) * (1.0 + 1e-6)
 
 
-def _sigma_points(kp, w1, w2, chunk_bytes=32 * 2 ** 20):
+def sigma_points(kp, w1, w2, chunk_bytes=32 * 2 ** 20):
     """Upper bounds (up to the symbol's own rounding, ``_symbol_abs_err``) of
     ``sigma_max(sum_{a,b} kp[a, b] exp(i (w1 a + w2 b)))`` at the frequency pairs
     ``(w1[n], w2[n])``.  Chunked to bound memory."""
@@ -219,14 +226,14 @@ def _torus_values(kp, n1, n2, phi1=0.0, phi2=0.0):
     w2 = (2.0 * np.pi * k2 + phi2) / n2
     sym = phi1 in (0.0, np.pi) and phi2 in (0.0, np.pi)
     if not sym:
-        return _sigma_points(kp, w1, w2).reshape(n1, n2)
+        return sigma_points(kp, w1, w2).reshape(n1, n2)
     j1, j2 = int(phi1 == np.pi), int(phi2 == np.pi)
     # -(2 pi k + pi j) / n == (2 pi k' + pi j) / n  (mod 2 pi)  with  k' = -k - j  (mod n)
     p1, p2 = (-k1 - j1) % n1, (-k2 - j2) % n2
     flat, partner = k1 * n2 + k2, p1 * n2 + p2
     keep = flat <= partner
     vals = np.empty((n1, n2))
-    vals[keep] = _sigma_points(kp, w1[keep], w2[keep])
+    vals[keep] = sigma_points(kp, w1[keep], w2[keep])
     vals[~keep] = vals[p1[~keep], p2[~keep]]
     return vals
 
@@ -248,7 +255,7 @@ def _probe_cosets(kp, n1, n2, base, top=8):
     if not pts:
         return est
     f = np.array(list(pts.keys()))
-    vals = _sigma_points(kp, 2 * np.pi * f[:, 0] / (m1 * n1), 2 * np.pi * f[:, 1] / (m2 * n2))
+    vals = sigma_points(kp, 2 * np.pi * f[:, 0] / (m1 * n1), 2 * np.pi * f[:, 1] / (m2 * n2))
     part = np.full((2, 2), -np.inf)
     for (q1, q2), v in zip(f, vals):
         c = (q1 % m1, q2 % m2)
@@ -262,7 +269,7 @@ def _probe_cosets(kp, n1, n2, base, top=8):
 def _torus_bound(kp, n1, n2, effort):
     """min over admissible (twisted) tori of the torus norm; every candidate is sound."""
     if n1 == 1 and n2 == 1:
-        return float(_sigma_points(kp, [0.0], [0.0])[0])
+        return float(sigma_points(kp, [0.0], [0.0])[0])
     base = _torus_values(kp, n1, n2)  # periodic torus of the minimal size
     best = float(base.max())
     if effort == "low":
@@ -365,8 +372,8 @@ def conv2d_spectral_bound(
     sh, sw = as_pair(strides, "strides")
     (pt, pb), (pl, pr) = explicit_padding(padding)
     kh, kw, cin, cout = kernel.shape
-    ho, a1, n1 = _axis_geometry(H, kh, sh, pt, pb)
-    wo, a2, n2 = _axis_geometry(W, kw, sw, pl, pr)
+    ho, a1, n1 = axis_geometry(H, kh, sh, pt, pb)
+    wo, a2, n2 = axis_geometry(W, kw, sw, pl, pr)
     if ho == 0 or wo == 0 or not np.any(kernel):
         return 0.0
     if not np.all(np.isfinite(kernel)):
@@ -385,9 +392,9 @@ def conv2d_spectral_bound(
         # single polyphase tap: the symbol is the same real (s*s*cin, cout) matrix at every
         # frequency, so ||A|| <= its sigma_max (equality e.g. for kernel == stride, no padding:
         # A is block diagonal with that block)
-        return dense_spectral_bound(_polyphase_kernel(kernel, (sh, sw))[0, 0])
+        return dense_spectral_bound(polyphase_kernel(kernel, (sh, sw))[0, 0])
     scale = _pow2_scale(kernel)  # exact; keeps the Gram products far from over/underflow
-    kp = _polyphase_kernel(kernel * scale, (sh, sw))
+    kp = polyphase_kernel(kernel * scale, (sh, sw))
     # an axis with a single polyphase tap has a frequency-independent symbol
     if a1 == 1:
         n1 = 1
@@ -408,7 +415,7 @@ def _output_taps(n, k, s, p0, n_out):
     ]
 
 
-def _explicit_gram(kernel, size, strides, padding):
+def explicit_gram(kernel, size, strides, padding):
     """Gram matrix of the smaller side of A, assembled blockwise, and its contraction length.
 
     Input side: ``A^T A = sum_{outputs (i,j)} P_ij^T (K_ij K_ij^T) P_ij`` with ``K_ij`` the rows
@@ -458,7 +465,7 @@ def _explicit_gram(kernel, size, strides, padding):
 
 def _explicit_bound(kernel, size, strides, padding):
     scale = _pow2_scale(kernel)
-    g, contraction = _explicit_gram(kernel * scale, size, strides, padding)
+    g, contraction = explicit_gram(kernel * scale, size, strides, padding)
     return _round_up(_gram_to_bound(g, contraction) / scale)
 
 
@@ -525,7 +532,7 @@ def conv2d_operator_matrix(kernel, input_size, strides=(1, 1), padding=((0, 0), 
     return mat.reshape(ho * wo * cout, H * W * cin)
 
 
-def _conv2d_apply(x, kernel, strides=(1, 1), padding=((0, 0), (0, 0))):
+def conv2d_apply(x, kernel, strides=(1, 1), padding=((0, 0), (0, 0))):
     """numpy reference of the layer's linear map on one (H, W, cin) array (float64)."""
     x = np.asarray(x, dtype=np.float64)
     kernel = np.asarray(kernel, dtype=np.float64)
@@ -544,8 +551,8 @@ def _conv2d_apply(x, kernel, strides=(1, 1), padding=((0, 0), (0, 0))):
     return y
 
 
-def _conv2d_apply_transpose(y, kernel, input_size, strides=(1, 1), padding=((0, 0), (0, 0))):
-    """Adjoint of ``_conv2d_apply``: maps (Ho, Wo, cout) -> (H, W, cin)."""
+def conv2d_apply_transpose(y, kernel, input_size, strides=(1, 1), padding=((0, 0), (0, 0))):
+    """Adjoint of ``conv2d_apply``: maps (Ho, Wo, cout) -> (H, W, cin)."""
     y = np.asarray(y, dtype=np.float64)
     kernel = np.asarray(kernel, dtype=np.float64)
     H, W = as_pair(input_size, "input_size")
