@@ -122,6 +122,8 @@ def axis_geometry(n, k, s, p0, p1):
 
 
 def polyphase_kernel(kernel, strides):
+    """The stride-1 kernel ``(⌈kh/sh⌉, ⌈kw/sw⌉, sh·sw·cin, cout)`` on the space-to-depth input
+    that computes the strided convolution (module docstring, step 1)."""
     kh, kw, cin, cout = kernel.shape
     sh, sw = strides
     ah, aw = -(-kh // sh), -(-kw // sw)
