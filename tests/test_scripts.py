@@ -160,6 +160,8 @@ def test_impossible_configurations_are_config_errors():
 
 # ----------------------------------------------------------------------------- command line
 def test_cli_bad_flag_and_missing_data_exit_codes(tmp_path):
+    r = run("gloro_keras.cli.train", ["--help"])
+    assert r.returncode == 0 and "--model_dir" in r.stdout  # help that was asked for is no error
     r = run("gloro_keras.cli.train", ["--arch=vit"])
     assert r.returncode == 1
     assert "FATAL Flags parsing error" in r.stderr and "--arch" in r.stderr
@@ -186,12 +188,15 @@ def _check_run_outputs(model_dir, epochs=2):
     assert not (model_dir / "backup").exists()
     with open(model_dir / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == epochs
+    assert [r["epoch"] for r in rows] == [str(e) for e in range(1, epochs + 1)]  # as the console counts
+    assert all(all(v != "" for v in r.values()) for r in rows)  # evaluated every epoch: no blanks
     for key in ("clean_acc", "vra", "rejection_rate", "val_clean_acc", "val_vra", "val_rejection_rate",
                 "lipschitz_bound", "epsilon_train", "epsilon", "lr"):
         assert key in rows[0], key
     metrics = json.loads((model_dir / "metrics.json").read_text())
     assert [r["bound"] for r in metrics["final"]] == ["power", "sound"]
+    assert metrics["history"]["epoch"] == list(range(1, epochs + 1))
+    assert not (model_dir / ".lock").exists()
     return metrics
 
 
@@ -212,6 +217,12 @@ def test_train_and_certify_quickstart_end_to_end(tmp_path):
     metrics = _check_run_outputs(model_dir)
     cfg = json.loads((model_dir / "flags.json").read_text())
     assert cfg["preset"] == "quickstart" and cfg["epsilon"] == 0.3 and cfg["width"] == 8
+    # the same command again does not train over the finished run
+    csv_before = (model_dir / "metrics.csv").read_bytes()
+    r = run("gloro_keras.cli.train", ["--preset=quickstart", f"--model_dir={model_dir}", *TINY])
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "already holds a finished run (model.keras); pass --overwrite" in r.stderr
+    assert (model_dir / "metrics.csv").read_bytes() == csv_before
     model = keras.saving.load_model(model_dir / "model.keras")
     assert isinstance(model, gk.GloroModel) and model.epsilon == pytest.approx(0.3)
     # a fresh `import gloro_keras` must be enough to load it with its optimizer (the LR

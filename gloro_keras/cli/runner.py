@@ -3,6 +3,8 @@ import sys
 
 from absl import app, flags
 
+HELP_FLAGS = ("-h", "-?", "--help", "--helpshort", "--helpfull", "--helpxml")
+
 
 def run_absl(main, define_flags, doc, argv=None):
     """Run a script's `main` through `absl.app.run`.
@@ -32,4 +34,11 @@ def run_absl(main, define_flags, doc, argv=None):
     main_module = sys.modules.get("__main__")
     if main_module is not None:
         main_module.__doc__ = doc  # the usage text absl prints
-    app.run(main, argv=argv)
+    args = list(argv or sys.argv)
+    try:
+        app.run(main, argv=args)
+    except SystemExit as e:
+        # absl exits 1 after printing the help it was asked for; asking is not an error
+        if e.code == 1 and any(a.split("=")[0] in HELP_FLAGS for a in args[1:]):
+            raise SystemExit(0) from None
+        raise

@@ -9,17 +9,24 @@ Configuration = the paper's CIFAR-10 L6W128 recipe (defaults) ← `--preset` ←
 explicitly on the command line (`gloro_keras.cli.train_config`). Writes into `--model_dir`:
 
     model.keras      the trained GloroModel (bound cache: the final converged bound)
-    metrics.csv      one row per epoch (keras CSVLogger; train + val clean_acc, vra,
-                     rejection_rate, loss, lipschitz_bound, epsilon_train, lr, ...)
-    metrics.json     the same history plus the final test results
+    metrics.csv      one row per epoch, numbered from 1 (train clean_acc, vra, rejection_rate
+                     at ε_train; val_* at ε; loss, lipschitz_bound, epsilon_train, lr, ...)
+    metrics.json     the same history (a resumed run's earlier epochs included) plus the
+                     final test results
     flags.json       the resolved configuration (and which flags were explicit)
     backup/          keras BackupAndRestore state while training (deleted at the end):
                      re-running the same command after a crash resumes from the last
                      finished epoch
+    .lock            while the run trains: a second run on the same folder is refused
     tensorboard/     with --tensorboard
 
-Exit status: 0 on success, 2 (one-line error) when the data is missing or the configuration
-cannot run (e.g. batch larger than the data set), 1 for bad flags (absl usage error).
+A folder holding a finished run (model.keras, no backup/) is not trained over unless
+--overwrite is given.
+
+Exit status: 0 on success; 2 (one-line error) when the data is missing or the configuration
+cannot run (e.g. batch larger than the data set, model_dir finished or in use); 3 when
+training stopped on a non-finite loss or bound (nothing saved; backup/ keeps the last
+finished epoch); 1 for bad flags (absl usage error).
 """
 from __future__ import annotations
 
@@ -33,6 +40,7 @@ import keras
 import numpy as np
 from absl import app, flags
 
+from gloro_keras.cli.run_dir import RunDirectory
 from gloro_keras.cli.runner import run_absl
 from gloro_keras.cli.train_config import ConfigError, config_from_flags, define_flags, validate_config
 from gloro_keras.models import GloroLiResNet
@@ -42,6 +50,9 @@ from gloro_keras.train.callbacks import (
     ConvergeBounds,
     EpsilonScheduler,
     LearningRateLogger,
+    MetricsLog,
+    NonFiniteTrainingError,
+    StopOnNonFinite,
     ThreateningClassTracker,
     VRALogger,
 )
@@ -135,7 +146,8 @@ def eval_epochs(epochs, every):
     return [e for e in range(1, epochs + 1) if e % every == 0 or e == epochs]
 
 
-def make_callbacks(cfg, model_dir, steps_per_epoch, train_raw=None):
+def make_callbacks(cfg, model_dir, steps_per_epoch, train_raw=None, resuming=False):
+    """The run's callbacks; the `MetricsLog` among them holds the whole history."""
     cbs = [
         EpsilonScheduler(cfg["epsilon"], total_epochs=cfg["epochs"], schedule=cfg["eps_schedule"],
                          steps_per_epoch=steps_per_epoch),
@@ -145,9 +157,9 @@ def make_callbacks(cfg, model_dir, steps_per_epoch, train_raw=None):
         cbs.append(ThreateningClassTracker(_sample_images(train_raw, cfg["threat_examples"])))
     cbs.append(LearningRateLogger())
     cbs.append(VRALogger())
-    # a resumed run (backup present) appends to its CSV; a fresh run starts a new one
-    resuming = cfg["resume"] and os.path.exists(os.path.join(model_dir, "backup", "training_metadata.json"))
-    cbs.append(keras.callbacks.CSVLogger(os.path.join(model_dir, "metrics.csv"), append=resuming))
+    # a resumed run continues its CSV; a fresh run starts a new one
+    cbs.append(MetricsLog(os.path.join(model_dir, "metrics.csv"), resume=resuming))
+    cbs.append(StopOnNonFinite())  # before the backup: a nan epoch is never backed up
     if cfg["tensorboard"]:
         cbs.append(keras.callbacks.TensorBoard(os.path.join(model_dir, "tensorboard")))
     if cfg["resume"]:
@@ -215,8 +227,19 @@ def train(cfg):
     _, task_index, chief = task_info()
     model_dir = cfg["model_dir"]
     out_dir = model_dir if chief else os.path.join(model_dir, f".worker{task_index}")
-    os.makedirs(out_dir, exist_ok=True)
+    run_dir = RunDirectory(out_dir)
+    resumed_after = run_dir.check_start(resume=cfg["resume"], overwrite=cfg["overwrite"])
+    with run_dir.lock():
+        return _train(cfg, strategy, run_dir, resumed_after, chief, started)
 
+
+def _train(cfg, strategy, run_dir, resumed_after, chief, started):
+    model_dir, out_dir = cfg["model_dir"], run_dir.path
+    for note in cfg.get("notes", ()):
+        print(f"gloro-train: note: {note}", flush=True)
+    if resumed_after is not None:
+        print(f"gloro-train: resuming {out_dir} after epoch {resumed_after} of {cfg['epochs']} "
+              "(backup/); --overwrite starts over", flush=True)
     train_ds, test_ds, info, steps, train_raw = load_data(cfg)
     if chief:
         _write_json(os.path.join(out_dir, "flags.json"), {
@@ -246,7 +269,8 @@ def train(cfg):
               + (f", strategy {cfg['strategy']} ({strategy.num_replicas_in_sync} replicas)" if strategy else ""),
               flush=True)
 
-    callbacks = make_callbacks(cfg, out_dir, steps, train_raw)
+    callbacks = make_callbacks(cfg, out_dir, steps, train_raw, resuming=resumed_after is not None)
+    metrics_log = next(cb for cb in callbacks if isinstance(cb, MetricsLog))
     bounds = ("power", "sound") if cfg["bound"] == "sound" else ("power",)
     with multi_worker_fit_fixes(model, train_ds.element_spec, strategy):
         history = model.fit(
@@ -264,9 +288,9 @@ def train(cfg):
 
     results = dict(
         final=rows,
-        history=history.history,
+        history=metrics_log.history,  # every epoch, a resumed run's earlier ones included
         epochs_run=len(history.epoch),
-        first_epoch=(history.epoch[0] if history.epoch else None),
+        resumed_after_epoch=resumed_after,
         train_seconds=train_seconds,
         total_seconds=time.time() - started,
         model_path=os.path.join(model_dir, "model.keras"),
@@ -305,6 +329,10 @@ def main(argv):
     except (DataNotFoundError, ConfigError) as e:
         print(f"gloro-train: error: {e}", file=sys.stderr)
         return 2
+    except NonFiniteTrainingError as e:
+        print(f"gloro-train: error: training stopped, {e} (a too-high --lr, or non-finite data); "
+              "nothing was saved; backup/ in --model_dir keeps the last finished epoch", file=sys.stderr)
+        return 3
     return 0
 
 

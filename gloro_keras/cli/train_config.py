@@ -52,6 +52,7 @@ DEFAULTS = dict(
     threat_examples=0,
     tensorboard=False,
     resume=True,
+    overwrite=False,
     verbose=1,
 )
 CONFIG_KEYS = tuple(DEFAULTS)
@@ -88,7 +89,8 @@ def define_flags(fv=flags.FLAGS):
     flags.DEFINE_float("weight_decay", None, "AdamW weight decay. Default: 1e-4.", lower_bound=0.0, **d)
     flags.DEFINE_float("clip_norm", None, "Global gradient-norm clipping (0 = off). Default: 3.",
                        lower_bound=0.0, **d)
-    flags.DEFINE_float("warmup_epochs", None, "Linear LR warm-up epochs, then cosine decay. Default: 20.",
+    flags.DEFINE_float("warmup_epochs", None, "Linear LR warm-up epochs, then cosine decay. Default: 20 "
+                       "(a tenth of --epochs when that is 20 or fewer).",
                        lower_bound=0.0, **d)
     flags.DEFINE_integer("power_iterations", None, "Power iterations per training step. Default: 10.",
                          lower_bound=1, **d)
@@ -117,6 +119,8 @@ def define_flags(fv=flags.FLAGS):
                          "on this many training examples (0 = off).", lower_bound=0, **d)
     flags.DEFINE_bool("tensorboard", None, "Write TensorBoard logs to <model_dir>/tensorboard.", **d)
     flags.DEFINE_bool("resume", None, "Back up every epoch and resume an interrupted run. Default: true.", **d)
+    flags.DEFINE_bool("overwrite", None, "Train over a --model_dir that holds a finished (or interrupted) run, "
+                      "deleting its model, metrics and backup. Default: false.", **d)
     flags.DEFINE_integer("verbose", None, "Keras fit verbosity (0 silent, 1 progress bar, 2 one line/epoch).",
                          lower_bound=0, upper_bound=2, **d)
 
@@ -170,6 +174,15 @@ def validate_config(cfg):
     cfg = dict(cfg)
     if cfg["loss"] == "ce":
         cfg["loss"] = "gloro_crossentropy"
+    notes = list(cfg.get("notes", ()))
+    if cfg["warmup_epochs"] >= cfg["epochs"]:
+        if "warmup_epochs" in cfg.get("explicit_flags", ()):
+            raise ConfigError(f"--warmup_epochs={cfg['warmup_epochs']:g} is not shorter than --epochs="
+                              f"{cfg['epochs']}: the whole run would be learning-rate warm-up")
+        notes.append(f"{cfg['warmup_epochs']:g} warm-up epochs do not fit in {cfg['epochs']}; "
+                     f"warming up for {cfg['epochs'] / 10:g} (--warmup_epochs sets it)")
+        cfg["warmup_epochs"] = cfg["epochs"] / 10
+    cfg["notes"] = notes
     if cfg["width"] % 2:
         raise ConfigError(f"width must be even; got {cfg['width']}")
     try:

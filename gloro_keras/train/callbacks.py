@@ -6,16 +6,20 @@ Typical use (what `gloro-train` does)::
         EpsilonScheduler(epsilon=36 / 255, schedule="paper"),   # ε_train per batch
         ConvergeBounds(bound="sound"),        # converged bound before every evaluation
         VRALogger(),                          # bound, ε_train, ε into `logs`
-        keras.callbacks.CSVLogger("metrics.csv"),
+        MetricsLog("metrics.csv"),            # one row per epoch, continued on resume
+        StopOnNonFinite(),                    # a nan/inf loss or bound stops fit
         keras.callbacks.BackupAndRestore("backup"),            # resume a killed run
     ]
     model.fit(train, validation_data=test, epochs=800, callbacks=callbacks)
 
-Put `VRALogger`/`ConvergeBounds`/`ThreateningClassTracker` *before* `CSVLogger` and
+Put `VRALogger`/`ConvergeBounds`/`ThreateningClassTracker` *before* `MetricsLog` and
 `TensorBoard`: Keras passes one `logs` dict through the callbacks in order, so the values
 they add are then recorded.
 """
 from __future__ import annotations
+
+import csv
+import os
 
 import keras
 import numpy as np
@@ -28,6 +32,9 @@ __all__ = [
     "ConvergeBounds",
     "EpsilonScheduler",
     "LearningRateLogger",
+    "MetricsLog",
+    "NonFiniteTrainingError",
+    "StopOnNonFinite",
     "ThreateningClassTracker",
     "VRALogger",
     "threatening_classes",
@@ -211,3 +218,106 @@ class LearningRateLogger(keras.callbacks.Callback):
             return
         # `learning_rate` evaluates a schedule at the optimizer's current iteration
         logs["lr"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+
+
+class NonFiniteTrainingError(RuntimeError):
+    """Training produced a non-finite loss or Lipschitz bound."""
+
+
+class StopOnNonFinite(keras.callbacks.Callback):
+    """Stop `fit` at the first non-finite training loss (checked every batch) or Lipschitz
+    bound (checked at the end of every epoch) by raising `NonFiniteTrainingError`.
+
+    Raising, unlike `model.stop_training`, skips every later callback: `BackupAndRestore`
+    (put it after this one) keeps the last finished epoch and deletes nothing, and no
+    `on_train_end` saves the broken weights. Put it after `VRALogger`, which adds the bound
+    to the epoch logs.
+
+    Example:
+
+    ```python
+    callbacks = [VRALogger(), StopOnNonFinite(), keras.callbacks.BackupAndRestore("backup")]
+    try:
+        model.fit(x, y, epochs=10, callbacks=callbacks)
+    except NonFiniteTrainingError as e:
+        print(e)   # "epoch 3, batch 17: the training loss is nan"
+    ```
+    """
+
+    def __init__(self):
+        super().__init__()
+        self._epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = _to_float((logs or {}).get("loss"))
+        if isinstance(loss, float) and not np.isfinite(loss):
+            raise NonFiniteTrainingError(
+                f"epoch {self._epoch + 1}, batch {batch + 1}: the training loss is {loss}")
+
+    def on_epoch_end(self, epoch, logs=None):
+        for key in ("loss", "lipschitz_bound"):
+            value = _to_float((logs or {}).get(key))
+            if isinstance(value, float) and not np.isfinite(value):
+                raise NonFiniteTrainingError(f"epoch {epoch + 1}: the training {key} is {value}")
+
+
+class MetricsLog(keras.callbacks.Callback):
+    """The per-epoch logs as a CSV file that a resumed run continues.
+
+    One row per epoch, numbered from 1 as the progress bar counts; the columns are every key
+    logged so far (blank where an epoch has none, e.g. `val_*` between evaluations). The
+    file is rewritten whole after each epoch through an atomic rename, so a crash never
+    leaves it truncated. With `resume=True` the rows already in the file are kept, up to
+    the epoch that training continues from. `history` is `{key: [value per epoch]}` over
+    all rows, earlier runs' included (`None` where a row lacks the key).
+
+    Args:
+        path: the CSV file.
+        resume: continue the rows already in `path` (for a run `BackupAndRestore` resumes).
+
+    Put it after the callbacks that add to the logs (`VRALogger`, `LearningRateLogger`)
+    and before `BackupAndRestore`.
+    """
+
+    def __init__(self, path, resume=False):
+        super().__init__()
+        self.path = str(path)
+        self.resume = bool(resume)
+        self.rows = []
+
+    def on_train_begin(self, logs=None):
+        self.rows = _read_csv_rows(self.path) if self.resume else []
+
+    def on_epoch_end(self, epoch, logs=None):
+        row = {"epoch": epoch + 1, **{k: _to_float(v) for k, v in (logs or {}).items()}}
+        self.rows = [r for r in self.rows if r["epoch"] < row["epoch"]] + [row]
+        columns = list(dict.fromkeys(k for r in self.rows for k in r))
+        tmp = self.path + ".tmp"
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=columns, restval="")
+            writer.writeheader()
+            writer.writerows(self.rows)
+        os.replace(tmp, self.path)
+
+    @property
+    def history(self):
+        columns = list(dict.fromkeys(k for r in self.rows for k in r))
+        return {k: [r.get(k) for r in self.rows] for k in columns}
+
+
+def _read_csv_rows(path):
+    if not os.path.exists(path):
+        return []
+    with open(path, newline="") as f:
+        rows = [{k: _csv_value(v) for k, v in r.items() if v != ""} for r in csv.DictReader(f)]
+    return [{**r, "epoch": int(r["epoch"])} for r in rows if isinstance(r.get("epoch"), float)]
+
+
+def _csv_value(text):
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return text
