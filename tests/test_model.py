@@ -303,3 +303,16 @@ def test_save_load_round_trip_and_continue_training(tmp_path):
     np.testing.assert_array_equal(loaded.certify(x, bound="current"), model.certify(x, bound="current"))
     loaded.fit(x, y, epochs=1, batch_size=16, verbose=0)  # optimizer state and loss restored
     assert int(ops.convert_to_numpy(loaded.optimizer.iterations)) == 4
+
+
+def test_inference_on_a_wrong_shape_or_no_inputs_is_clear():
+    model = gk.GloroLiResNet(L=1, W=4, num_classes=3, input_shape=(8, 8, 1), epsilon=0.3, dense_width=8)
+    for shape in [(2, 8, 8, 3), (8, 8, 1), (2, 9, 9, 1)]:
+        x = np.zeros(shape, "float32")
+        for method in (model.certify, model.certified_radius, model.predict, model.predict_logits):
+            with pytest.raises(ValueError, match=r"expects inputs of shape \(batch, 8, 8, 1\); "
+                                                 rf"received shape \({', '.join(map(str, shape))}\)"):
+                method(x)
+    empty = np.zeros((0, 8, 8, 1), "float32")
+    assert model.certify(empty).shape == (0,) and model.certified_radius(empty).shape == (0,)
+    assert model.predict(empty).shape == (0, 4) and model.predict_logits(empty).shape == (0, 3)

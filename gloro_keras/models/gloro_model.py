@@ -344,6 +344,12 @@ class GloroModel(keras.Model):
     def compute_output_shape(self, input_shape):
         return (input_shape[0], self.num_classes + 1)
 
+    def _check_inputs(self, x):
+        """`x` as an array of the network's input shape (a clear error otherwise)."""
+        x = np.asarray(x)
+        self._check_input_shape(x.shape)
+        return x
+
     def _check_input_shape(self, shape):
         expected = tuple(self.network.input_shape[1:])
         got = tuple(shape[1:])
@@ -444,6 +450,10 @@ class GloroModel(keras.Model):
 
     def predict(self, x, *args, **kwargs):
         """`keras.Model.predict`: the m logits and y_⊥ (rounding-aware; see `_inference_call`)."""
+        if isinstance(x, np.ndarray):
+            self._check_input_shape(x.shape)
+            if len(x) == 0:  # Keras fails on an empty array
+                return np.zeros((0, self.num_classes + 1), np.float32)
         with full_precision_kernels():
             return super().predict(x, *args, **kwargs)
 
@@ -540,6 +550,9 @@ class GloroModel(keras.Model):
     # -- certification ---------------------------------------------------------------
     def predict_logits(self, x, batch_size=256, verbose=0):
         """The network's m clean logits as float64 numpy (no bound involved)."""
+        x = self._check_inputs(x)
+        if len(x) == 0:
+            return np.zeros((0, self.num_classes))
         with full_precision_kernels():
             return np.asarray(self.network.predict(x, batch_size=batch_size, verbose=verbose), dtype=np.float64)
 
@@ -610,8 +623,9 @@ class GloroModel(keras.Model):
             raise ValueError(f"arithmetic must be one of {ARITHMETICS}; got {arithmetic!r}")
         if bound not in BOUNDS:
             raise ValueError(f"bound must be one of {BOUNDS}; got {bound!r}")
-        x = np.asarray(x)
-        self._check_input_shape(x.shape)
+        x = self._check_inputs(x)
+        if len(x) == 0:
+            return MarginCertificate.build(np.zeros((0, self.num_classes)), self.margin_bound_matrix(bound))
         if arithmetic == "float64":
             return self._float64_certificate(x, bound, batch_size)
         kmat = self.margin_bound_matrix(bound)
