@@ -470,3 +470,59 @@ def test_tfds_path_with_mocked_data(tmp_path, no_network, name, shape):
             x, y = _first_batch(D.make_pipeline(ds, 4, training=training, seed=0))
             assert x.shape == (4,) + shape
             _check_batch(x, y, shape, info.num_classes)
+
+
+# ----------------------------------------------------------------------------- bad data
+def _labels_npz(tmp_path, y_train, y_test, x_dtype="uint8", scale=255):
+    rng = np.random.default_rng(0)
+    x_tr = (rng.uniform(size=(len(y_train), 4, 4, 1)) * scale).astype(x_dtype)
+    x_te = (rng.uniform(size=(len(y_test), 4, 4, 1)) * scale).astype(x_dtype)
+    path = str(tmp_path / "d.npz")
+    _write_npz(path, x_tr, np.asarray(y_train), x_te, np.asarray(y_test))
+    return path
+
+
+def test_a_stray_label_is_an_error_not_a_bigger_model(tmp_path):
+    y = np.arange(40) % 10
+    y[7] = 200
+    path = _labels_npz(tmp_path, y, np.arange(10))
+    with pytest.raises(ValueError, match=r"training labels go up to 200 but 190 of the classes below it "
+                                         r"\(10\.\.199\) have no training example \(label 200 first at y_train\[7\]"):
+        D.load(path)
+    with pytest.raises(ValueError, match=r"y_train\[7\] = 200 is not below num_classes=10"):
+        D.load(path, num_classes=10)
+    assert D.load(path, num_classes=201)[2].num_classes == 201  # asked for: allowed
+
+
+def test_a_test_only_class_is_an_error(tmp_path):
+    path = _labels_npz(tmp_path, np.arange(30) % 3, [0, 1, 3, 2])
+    with pytest.raises(ValueError, match=r"y_test\[2\] = 3 is a class with no training example"):
+        D.load(path)
+    assert D.load(path, num_classes=4)[2].num_classes == 4
+
+
+def test_float_images_in_unit_range_load_and_255_floats_are_scaled_with_a_warning(tmp_path):
+    path = _labels_npz(tmp_path, np.arange(20) % 2, [0, 1], x_dtype="float32", scale=1.0)
+    train, _, _ = D.load(path)
+    x, _ = _first_batch(D.make_pipeline(train, 20, training=False))
+    np.testing.assert_allclose(x, np.load(path)["x_train"], rtol=0, atol=0)
+    path = _labels_npz(tmp_path, np.arange(20) % 2, [0, 1], x_dtype="float32", scale=255.0)
+    with pytest.warns(UserWarning, match=r"x_train holds floats in \[.*\]: read as 0\.\.255 pixels and scaled"):
+        train, _, _ = D.load(path)
+    x, _ = _first_batch(D.make_pipeline(train, 20, training=False))
+    np.testing.assert_allclose(x, np.load(path)["x_train"] / 255.0, rtol=1e-6)
+
+
+def test_non_finite_pixels_and_non_npz_files_are_errors(tmp_path):
+    path = _labels_npz(tmp_path, np.arange(20) % 2, [0, 1], x_dtype="float32", scale=1.0)
+    with np.load(path) as d:
+        arrays = {k: d[k] for k in d}
+    arrays["x_train"][5, 1, 2, 0] = np.nan
+    np.savez(path, **arrays)
+    with pytest.raises(ValueError, match=r"x_train has 1 non-finite pixel values \(nan/inf\), the first in image 5"):
+        D.load(path)
+    text = tmp_path / "notes.npz"
+    text.write_text("x_train,y_train\n1,2\n")
+    with pytest.raises(ValueError, match="is not an .npz archive") as e:
+        D.load(str(text))
+    assert "allow_pickle" not in str(e.value)

@@ -27,7 +27,8 @@ When `--dataset` is not given, the data set (and `--data_dir`, class subset) rec
 The figures come from `gloro_keras.evaluation.certification_report`; this script parses
 the flags, loads the model and the data, and prints and writes the report.
 
-Exit status: 0 on success, 2 when the model or the data is missing, 1 for bad flags.
+Exit status: 0 on success; 2 (one-line error) when the model or the data is missing or does not
+fit (not a .keras file, not a GloroModel, other image shape or class count); 1 for bad flags.
 """
 from __future__ import annotations
 
@@ -35,11 +36,13 @@ import json
 import os
 import sys
 import time
+import zipfile
 
 import keras
 from absl import app, flags
 
-import gloro_keras.models  # noqa: F401  (registers the GloRo classes for load_model)
+import gloro_keras.compat  # noqa: F401  (registers GloroNet for load_model)
+from gloro_keras.models import GloroModel
 from gloro_keras.cli.runner import run_absl
 from gloro_keras.evaluation.report import RADIUS_QUANTILES, certification_report
 from gloro_keras.ops.epsilon import check_epsilon
@@ -110,12 +113,29 @@ def resolve(cfg):
 
 
 def load_model(path):
-    """The saved GloRo model at `path` (uncompiled); DataNotFoundError if missing."""
+    """The saved GloRo model at `path` (uncompiled).
+
+    Raises:
+        DataNotFoundError: no file at `path`.
+        CertifyError: the file is not a `.keras` archive (truncated, corrupt, another
+            format), cannot be loaded, or holds a model that is not a `GloroModel`.
+    """
     from gloro_keras.data import DataNotFoundError  # TensorFlow: see load_test_set
 
     if not os.path.isfile(path):
         raise DataNotFoundError(f"model file not found: {path!r} (pass --model=path/to/model.keras)")
-    return keras.saving.load_model(path, compile=False)
+    if not zipfile.is_zipfile(path):
+        raise CertifyError(f"{path} is not a .keras model file (not a zip archive: truncated, corrupt or "
+                           "another format?)")
+    try:
+        model = keras.saving.load_model(path, compile=False)
+    except Exception as e:  # Keras reports a damaged archive in many ways
+        detail = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise CertifyError(f"cannot load {path}: {type(e).__name__}: {detail[:300]}") from None
+    if not isinstance(model, GloroModel):
+        raise CertifyError(f"{path} holds a {type(model).__name__}, not a GloroModel: certify a model saved by "
+                           "gloro-train, or wrap the network as GloroModel(network, epsilon=...) and save that")
+    return model
 
 
 def load_test_set(cfg, model):
@@ -126,13 +146,18 @@ def load_test_set(cfg, model):
 
     try:
         _, test, info = data.load(cfg["dataset"], data_dir=cfg.get("data_dir"),
-                                  subset_classes=cfg.get("subset_classes"), subset_seed=cfg["subset_seed"])
+                                  subset_classes=cfg.get("subset_classes"), subset_seed=cfg["subset_seed"],
+                                  num_classes=model.num_classes)
     except data.DataNotFoundError:
         raise
     except ValueError as e:
         raise CertifyError(str(e)) from None
     if info.num_classes != model.num_classes:
         raise CertifyError(f"{info.name} has {info.num_classes} classes but the model has {model.num_classes}")
+    expected = tuple(model.network.input_shape[1:])
+    if tuple(info.image_shape) != expected:
+        raise CertifyError(f"{info.name} has images of shape {tuple(info.image_shape)} but the model expects "
+                           f"{expected}")
     if cfg.get("test_examples"):
         test = test.take(cfg["test_examples"])
     return data.make_pipeline(test, cfg["batch_size"], training=False), info
@@ -164,9 +189,9 @@ def certify(cfg):
             cfg = dict(cfg, epsilon=check_epsilon(cfg["epsilon"], "--epsilon"))
         except ValueError as e:
             raise CertifyError(str(e)) from None
-    cfg = resolve(cfg)
     started = time.time()
-    model = load_model(cfg["model"])
+    model = load_model(cfg["model"])  # first: a missing model is the error to report
+    cfg = resolve(cfg)
     eps = model.epsilon if cfg.get("epsilon") is None else cfg["epsilon"]
     batches, info = load_test_set(cfg, model)
     t0 = time.time()

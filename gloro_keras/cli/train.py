@@ -101,7 +101,7 @@ def load_data(cfg):
     try:
         train_raw, test_raw, info = data.load(
             cfg["dataset"], data_dir=cfg["data_dir"], subset_classes=cfg["subset_classes"],
-            subset_seed=cfg["subset_seed"], seed=cfg["seed"])
+            subset_seed=cfg["subset_seed"], num_classes=cfg["num_classes"], seed=cfg["seed"])
     except data.DataNotFoundError:
         raise
     except ValueError as e:  # unknown name, malformed .npz, impossible subset, ...

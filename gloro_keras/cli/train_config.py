@@ -45,6 +45,7 @@ DEFAULTS = dict(
     seed=0,
     subset_classes=None,
     subset_seed=2023,
+    num_classes=None,
     shuffle=True,
     eval_every=1,
     test_examples=0,
@@ -105,6 +106,8 @@ def define_flags(fv=flags.FLAGS):
     flags.DEFINE_integer("seed", None, "Random seed (weights, shuffling, augmentation). Default: 0.", **d)
     flags.DEFINE_integer("subset_classes", None, "Keep this many classes (ImageNet subsets, Table 7).",
                          lower_bound=1, **d)
+    flags.DEFINE_integer("num_classes", None, "Classes of an .npz data set when not max(label) + 1 (also "
+                         "allows classes without a training example).", lower_bound=1, **d)
     flags.DEFINE_integer("subset_seed", None, "Class-shuffle seed for --subset_classes. Default: 2023.", **d)
     flags.DEFINE_bool("augment", None, "Random crop (+ flip for colour images). Default: true.", **d)
     flags.DEFINE_bool("shuffle", None, "Shuffle the training data. Default: true.", **d)

@@ -14,7 +14,10 @@ Data sources (`name` argument of `load`):
     Image folders, see `gloro_keras.data.folders`.
 a path ending in `.npz`, or `"npz:<path>"`
     Arrays in the keras.datasets layout: `x_train`, `y_train`, `x_test`, `y_test`,
-    uint8 images (N, H, W) or (N, H, W, C); grayscale images get a channel axis.
+    uint8 images (N, H, W) or (N, H, W, C) (or floats in [0, 1]; floats in 0..255 are
+    scaled with a warning, non-finite pixels are an error); grayscale images get a channel
+    axis. Labels are 0-based integers; every class below the largest label must have a
+    training example unless `num_classes` is given.
 
 Missing data raises `DataNotFoundError` (a `FileNotFoundError`) whose message says what
 to pass; nothing is ever downloaded.
@@ -22,6 +25,8 @@ to pass; nothing is ever downloaded.
 
 import importlib.resources as resources
 import os
+import warnings
+import zipfile
 from typing import Optional, Tuple, Union
 
 import numpy as np
@@ -153,17 +158,17 @@ def _prepare_npz_arrays(d, path: str):
         )
     out = []
     for split in ("train", "test"):
-        x, y = np.asarray(d[f"x_{split}"]), np.asarray(d[f"y_{split}"]).reshape(-1)
-        if x.dtype != np.uint8:
-            raise ValueError(f"{path}: x_{split} must be uint8 images in 0..255, got {x.dtype}")
+        x, y = _npz_images(d[f"x_{split}"], f"{path}: x_{split}"), np.asarray(d[f"y_{split}"]).reshape(-1)
         if x.ndim == 3:
             x = x[..., None]
         if x.ndim != 4 or x.shape[-1] not in (1, 3):
             raise ValueError(f"{path}: x_{split} must be (N,H,W) or (N,H,W,C), got {x.shape}")
         if len(x) != len(y):
             raise ValueError(f"{path}: {len(x)} images but {len(y)} labels in the {split} split")
+        if y.dtype.kind not in "iu" and not (y.dtype.kind == "f" and np.all(np.isfinite(y)) and np.all(y == np.round(y))):
+            raise ValueError(f"{path}: y_{split} must hold integer class labels, got {y.dtype}")
         if y.size and (y.min() < 0):
-            raise ValueError(f"{path}: negative labels in y_{split}")
+            raise ValueError(f"{path}: negative labels in y_{split} (first at y_{split}[{int(np.argmax(y < 0))}])")
         out.append((np.ascontiguousarray(x), y.astype(np.int32)))
     (x_train, y_train), (x_test, y_test) = out
     if x_train.shape[1:] != x_test.shape[1:]:
@@ -171,13 +176,32 @@ def _prepare_npz_arrays(d, path: str):
     return x_train, y_train, x_test, y_test
 
 
+def _npz_images(x, where):
+    """uint8 images as they are; float images in [0, 1] as float32 (0..255 floats scaled, with
+    a warning); anything else (non-finite pixels, other ranges or dtypes) a ValueError."""
+    x = np.asarray(x)
+    if x.dtype == np.uint8:
+        return x
+    if x.dtype.kind != "f":
+        raise ValueError(f"{where} must be uint8 pixels (0..255) or floats in [0, 1], got {x.dtype}")
+    bad = ~np.isfinite(x)
+    if bad.any():
+        first = np.unravel_index(int(np.argmax(bad)), x.shape)
+        raise ValueError(f"{where} has {int(bad.sum())} non-finite pixel values (nan/inf), the first in "
+                         f"image {first[0]}")
+    lo, hi = float(x.min(initial=0.0)), float(x.max(initial=0.0))
+    if lo >= 0.0 and hi <= 1.0:
+        return x.astype(np.float32)
+    if lo >= 0.0 and hi <= 255.0:
+        warnings.warn(f"{where} holds floats in [{lo:g}, {hi:g}]: read as 0..255 pixels and scaled to [0, 1] "
+                      "(store uint8 pixels or floats in [0, 1] to silence this)", stacklevel=3)
+        return (x / 255.0).astype(np.float32)
+    raise ValueError(f"{where} holds values in [{lo:g}, {hi:g}]: expected floats in [0, 1] or uint8 pixels")
+
+
 def _from_arrays(name, source, arrays, num_classes=None) -> Tuple[DataSource, DataSource]:
     x_train, y_train, x_test, y_test = arrays
-    n = int(max(y_train.max(initial=-1), y_test.max(initial=-1)) + 1)
-    if num_classes is None:
-        num_classes = n
-    elif n > num_classes:
-        raise ValueError(f"{source}: labels go up to {n - 1} but num_classes={num_classes}")
+    num_classes = check_labels(source, y_train, y_test, num_classes)
     shape = tuple(int(s) for s in x_train.shape[1:])
     info = DatasetInfo(name, int(num_classes), shape, len(x_train), len(x_test),
                        default_augmentation(name, shape), source=source)
@@ -189,6 +213,48 @@ def _from_arrays(name, source, arrays, num_classes=None) -> Tuple[DataSource, Da
     return one("train", x_train, y_train), one("test", x_test, y_test)
 
 
+def check_labels(source, y_train, y_test, num_classes=None) -> int:
+    """The class count of integer labels `y_train`, `y_test` (0-based).
+
+    Without `num_classes` it is max(label) + 1, and every class must have a training
+    example and every test label must occur in training: a gap (a stray label 200 among
+    10 classes, a test-only class) is an error naming the label and where it is, not a
+    silently larger model. With `num_classes`, labels must be below it.
+    """
+    if num_classes is not None:
+        for split, y in (("train", y_train), ("test", y_test)):
+            if y.size and y.max() >= num_classes:
+                i = int(np.argmax(y >= num_classes))
+                raise ValueError(f"{source}: y_{split}[{i}] = {int(y[i])} is not below num_classes={num_classes}")
+        return int(num_classes)
+    counts = np.bincount(y_train, minlength=1)
+    empty = np.flatnonzero(counts == 0)
+    if empty.size:
+        top = int(y_train.max())
+        raise ValueError(
+            f"{source}: the training labels go up to {top} but {empty.size} of the classes below it "
+            f"({_ranges(empty)}) have no training example (label {top} first at y_train[{int(np.argmax(y_train == top))}],"
+            f" {int(counts[top])} time(s)): a wrong label? Fix the data, or pass --num_classes "
+            "(num_classes=) to train that many classes anyway")
+    unseen = y_test >= counts.size
+    if unseen.any():
+        i = int(np.argmax(unseen))
+        raise ValueError(
+            f"{source}: y_test[{i}] = {int(y_test[i])} is a class with no training example (training labels are "
+            f"0..{counts.size - 1}); fix the data, or pass --num_classes (num_classes=) to allow it")
+    return int(counts.size)
+
+
+def _ranges(values, most=4):
+    """[3, 4, 5, 9] -> '3..5, 9' (the first `most` runs)."""
+    runs, start = [], values[0]
+    for a, b in zip(values, list(values[1:]) + [None]):
+        if b != a + 1:
+            runs.append(f"{start}..{a}" if a != start else f"{a}")
+            start = b
+    return ", ".join(runs[:most]) + (", ..." if len(runs) > most else "")
+
+
 def _load_npz(path, num_classes=None, name=None):
     path = os.path.expanduser(os.fspath(path))
     if not os.path.isfile(path):
@@ -197,6 +263,9 @@ def _load_npz(path, num_classes=None, name=None):
             "(x_train, y_train, x_test, y_test; uint8 images), e.g. name='path/to/data.npz' or "
             "'npz:path/to/data', or use a built-in data set name with --data_dir."
         )
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"{path} is not an .npz archive (numpy.savez output, a zip of .npy arrays); "
+                         "truncated, or another format under an .npz name?")
     with np.load(path, allow_pickle=False) as d:
         arrays = _prepare_npz_arrays(d, path)
     if name is None:
