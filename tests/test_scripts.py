@@ -258,8 +258,33 @@ def test_train_and_certify_quickstart_end_to_end(tmp_path):
 def test_certify_errors(tmp_path):
     r = run("gloro_keras.cli.certify", [])
     assert r.returncode == 1 and "--model" in r.stderr
-    r = run("gloro_keras.cli.certify", [f"--model={tmp_path / 'missing.keras'}", "--dataset=quickstart"])
-    assert r.returncode == 2 and "gloro-certify: error:" in r.stderr and "Traceback" not in r.stderr
+    r = run("gloro_keras.cli.certify", [f"--model={tmp_path / 'missing.keras'}"])  # no --dataset either
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    errors = [line for line in r.stderr.splitlines() if line.startswith("gloro-certify: error:")]
+    assert len(errors) == 1 and "model file not found" in errors[0] and "missing.keras" in errors[0]
+
+
+def _certify_error(model_path, **cfg):
+    from gloro_keras.cli import certify as certify_script
+    base = dict(model=str(model_path), dataset="quickstart", output="", plots=False, batch_size=256,
+                test_examples=64, bound="sound")
+    with pytest.raises(certify_script.CertifyError) as e:
+        certify_script.certify(dict(base, **cfg))
+    assert "\n" not in str(e.value)  # one line
+    return str(e.value)
+
+
+def test_certify_names_what_is_wrong_with_the_model_file(tmp_path):
+    model = gk.GloroLiResNet(L=1, W=4, num_classes=10, input_shape=(32, 32, 3), epsilon=0.3, dense_width=8)
+    model.save(tmp_path / "rgb.keras")
+    assert _certify_error(tmp_path / "rgb.keras") == (
+        "quickstart has images of shape (28, 28, 1) but the model expects (32, 32, 3)")
+    truncated = tmp_path / "truncated.keras"
+    truncated.write_bytes((tmp_path / "rgb.keras").read_bytes()[:2000])
+    assert "is not a .keras model file (not a zip archive" in _certify_error(truncated)
+    plain = keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Flatten(), keras.layers.Dense(10)])
+    plain.save(tmp_path / "plain.keras")
+    assert "holds a Sequential, not a GloroModel" in _certify_error(tmp_path / "plain.keras")
 
 
 def test_train_and_certify_cifar10_npz(tmp_path):
