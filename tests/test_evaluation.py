@@ -1,8 +1,10 @@
 """Certification report on a model trained on real MNIST: attacks, lower bound, plots."""
 import json
+import re
 
 import pytest
 
+import gloro_keras as gk
 from gloro_keras.evaluation import certification_report
 from conftest import MNIST_EPS
 
@@ -36,3 +38,16 @@ def test_report_figures_are_consistent_and_sound(trained_mnist, tmp_path):
     saved = json.load(open(report.files["json"]))
     assert saved["vra"] == report.vra
     assert "VRA (sound bound)" in report.table()
+
+
+def test_report_prints_as_a_table_and_plots_scale_to_the_data():
+    from gloro_keras.evaluation.plots import y_limit
+    assert y_limit([0.0, 4.0, 2.0]) == pytest.approx(4.6)  # a 4 % curve fills the plot
+    assert y_limit([0.0, 95.0]) == 100.0 and y_limit([0.0]) == 1.0
+    report = gk.CertificationReport(
+        epsilon=0.1, num_examples=10, bound="sound", lipschitz_bound=2.0, bounds={"sound": 2.0},
+        clean_accuracy=0.9, vra=0.5, rejection_rate=0.4, vra_by_bound={"sound": 0.5}, radius_mean=0.1,
+        radius_median=0.1, radius_quantiles={}, certified_accuracy_curve=[])
+    text = str(report)
+    assert text == report.table() and len(text.splitlines()) >= 6
+    assert re.search(r"^VRA \(sound bound\) +50\.00%$", text, re.M)

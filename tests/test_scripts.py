@@ -306,3 +306,20 @@ def test_train_and_certify_cifar10_npz(tmp_path):
     report = json.loads(r.stdout[r.stdout.index("\n{") + 1:])
     assert report["num_examples"] == 200 and 0.0 <= report["vra"] <= report["clean_acc"]
     assert not (model_dir / "certify.json").exists()
+
+
+def test_certify_never_overwrites_an_earlier_report(tmp_path):
+    from gloro_keras.cli import certify as certify_script
+    model = gk.GloroLiResNet(L=1, W=4, num_classes=10, input_shape=(28, 28, 1), epsilon=0.3, dense_width=8)
+    model.save(tmp_path / "model.keras")
+    cfg = dict(model=str(tmp_path / "model.keras"), dataset="quickstart", output=None, plots=True,
+               batch_size=256, test_examples=32, bound="power")
+    first = certify_script.certify(cfg)["files"]
+    (tmp_path / "certify.json").write_text("{}")  # what main() writes
+    second = certify_script.certify(cfg)["files"]
+    assert os.path.basename(first["json"]) == "certify.json"
+    assert os.path.basename(second["json"]) == "certify-2.json"
+    assert os.path.basename(second["certified_accuracy_png"]) == "certify-2_certified_accuracy.png"
+    for files in (first, second):
+        for key in ("certified_accuracy_png", "radius_histogram_png"):
+            assert open(files[key], "rb").read(8) == b"\x89PNG\r\n\x1a\n"

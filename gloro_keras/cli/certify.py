@@ -10,16 +10,17 @@ Computes the Lipschitz bound once (`--bound=sound`: the provable upper bound;
 the clean logits of every test example with their float32 rounding terms (`--arithmetic`),
 and from them clean accuracy, VRA, rejection rate and the certified radius of each
 prediction (the float32 network as it computes, TF32 off; docs/soundness.md). Prints a table and writes JSON
-(default: `certify.json` beside the model; `--output=` to skip, `--output=-` to print
-the JSON instead).
+(default: `certify.json` beside the model, or `certify-2.json`, ... : earlier reports are
+never overwritten; `--output=` to skip, `--output=-` to print the JSON instead).
 
 `--attack` adds the PGD accuracy (ℓ2 PGD at ε on the clean logits, inputs kept in
 [0, 1]) over the first `--attack_examples` test images; `--lower_bound` an empirical
 lower bound on the margin Lipschitz constants and its ratio to the certified K_ij;
 `--soundness_check` attacks every certified point among them at its certified radius
 (any success is a certification bug and is reported loudly). With `--plots` (default)
-`certified_accuracy.png` (the whole curve, from per-example radii) and
-`radius_histogram.png` are written beside the JSON.
+`<report>_certified_accuracy.png` (the whole curve, from per-example radii) and
+`<report>_radius_histogram.png` are written beside the JSON, titled with the model, the
+data, ε and the bound.
 
 When `--dataset` is not given, the data set (and `--data_dir`, class subset) recorded in
 `flags.json` beside the model by `gloro-train` is used.
@@ -108,8 +109,21 @@ def resolve(cfg):
     if cfg.get("subset_seed") is None:
         cfg["subset_seed"] = DEFAULT_SUBSET_SEED
     if cfg.get("output") is None:
-        cfg["output"] = os.path.join(os.path.dirname(os.path.abspath(cfg["model"])), "certify.json")
+        folder = os.path.dirname(os.path.abspath(cfg["model"]))
+        cfg["output"] = os.path.join(folder, free_name(folder) + ".json")
     return cfg
+
+
+def free_name(folder, stem="certify"):
+    """`stem`, or `stem-2`, `stem-3`, ...: the first name no earlier report in `folder` uses
+    (its JSON or its plots), so that reports never overwrite each other."""
+    n = 1
+    while True:
+        name = stem if n == 1 else f"{stem}-{n}"
+        if not any(os.path.exists(os.path.join(folder, name + suffix))
+                   for suffix in (".json", "_certified_accuracy.png", "_radius_histogram.png")):
+            return name
+        n += 1
 
 
 def load_model(path):
@@ -197,10 +211,14 @@ def certify(cfg):
     t0 = time.time()
     bound = available_bound(model, cfg["bound"])
     t_check = time.time() - t0
-    folder = None
+    folder, prefix, out = None, "", cfg.get("output")
     if cfg.get("plots", True):
-        out = cfg.get("output")
-        folder = os.path.dirname(os.path.abspath(out)) if out and out != "-" else os.path.dirname(os.path.abspath(cfg["model"]))
+        if out and out != "-":  # the plots go beside the JSON, named after it
+            folder = os.path.dirname(os.path.abspath(out))
+            prefix = os.path.splitext(os.path.basename(out))[0] + "_"
+        else:
+            folder = os.path.dirname(os.path.abspath(cfg["model"]))
+            prefix = free_name(folder) + "_"
     r = certification_report(
         model, batches, epsilon=eps, bound=bound, compare_bounds=False,
         attack=bool(cfg.get("attack")), attack_steps=cfg.get("attack_steps", 50),
@@ -208,6 +226,7 @@ def certify(cfg):
         lower_bound_points=64, soundness=bool(cfg.get("soundness_check")), soundness_points=None,
         attack_examples=cfg.get("attack_examples") or None, output_dir=folder, json_name=None,
         batch_size=cfg["batch_size"], arithmetic=cfg.get("arithmetic") or "float32",
+        data_name=info.name, file_prefix=prefix,
     )
     report = dict(model=os.path.abspath(cfg["model"]), dataset=info.name, bound=r.bound,
                   lipschitz_bound=r.lipschitz_bound, arithmetic=r.arithmetic, num_examples=r.num_examples,
@@ -223,8 +242,9 @@ def certify(cfg):
                 "soundness_violations"):
         if getattr(r, key) is not None:
             report[key] = getattr(r, key)
-    if folder is not None:
-        report["files"] = dict(r.files)
+    report["files"] = dict(r.files)
+    if out and out != "-":
+        report["files"]["json"] = os.path.abspath(out)
     report["seconds"] = dict(logits=r.seconds[f"certify_{r.bound}"] + r.seconds["data"],
                              bound=t_check + r.seconds[f"bound_{r.bound}"], total=time.time() - started)
     return report
@@ -271,14 +291,13 @@ def main(argv):
     except (DataNotFoundError, CertifyError) as e:
         print(f"gloro-certify: error: {e}", file=sys.stderr)
         return 2
-    out = resolve(cfg)["output"]
     print(format_report(report), flush=True)
-    if out == "-":
+    out = report["files"].get("json")
+    if cfg["output"] == "-":
         print(json.dumps(report, indent=2))
     elif out:
         with open(out, "w") as f:
             json.dump(report, f, indent=2)
-        print(f"wrote {out}")
     return 0
 
 

@@ -18,6 +18,13 @@ def certified_accuracy_curve(radii, correct, epsilons):
     return np.array([np.mean(correct & (radii > e)) for e in np.asarray(epsilons, dtype=np.float64)])
 
 
+def y_limit(percentages):
+    """Top of a percentage axis: a little above the largest value (at most 100), so that a
+    4 % curve is not drawn as a flat line at the bottom of a 0–100 % axis."""
+    top = float(np.max(percentages, initial=0.0))
+    return min(100.0, max(1.0, 1.15 * top))
+
+
 def plot_certified_accuracy(radii, correct, path, epsilon=None, title=None):
     """Certified accuracy vs ε (whole curve from per-example radii), saved as PNG."""
     plt = _pyplot()
@@ -34,9 +41,9 @@ def plot_certified_accuracy(radii, correct, path, epsilon=None, title=None):
         ax.annotate(f"VRA {at:.2f}% at ε={epsilon:.4g}", (epsilon, at), xytext=(6, 6), textcoords="offset points")
     ax.set_xlabel("ℓ2 radius ε")
     ax.set_ylabel("certified accuracy (%)")
-    ax.set_ylim(0, 100)
+    ax.set_ylim(0, y_limit(100 * acc))
     ax.grid(alpha=0.3)
-    ax.set_title(title or "Certified accuracy vs radius")
+    ax.set_title(title or "Certified accuracy vs radius", fontsize=9)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -59,7 +66,7 @@ def plot_radius_histogram(radii, correct, path, epsilon=None, title=None):
     ax.set_xlabel("certified radius")
     ax.set_ylabel("examples")
     ax.legend()
-    ax.set_title(title or "Certified radii")
+    ax.set_title(title or "Certified radii", fontsize=9)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -68,6 +68,9 @@ class CertificationReport:
     def to_dict(self):
         return dataclasses.asdict(self)
 
+    def __str__(self):
+        return self.table()
+
     def to_json(self, path):
         with open(path, "w") as f:
             json.dump(self.to_dict(), f, indent=2, default=float)
@@ -137,6 +140,8 @@ def certification_report(
     batch_size=256,
     seed=0,
     arithmetic="float32",
+    data_name=None,
+    file_prefix="",
 ):
     """Certify `model` on (x, y) and gather the paper's figures.
 
@@ -160,7 +165,8 @@ def certification_report(
         attack_examples: the attacks, the lower bound and the soundness check use the
             first `attack_examples` examples (None: all).
         output_dir: if given, writes certified_accuracy.png, radius_histogram.png and
-            the JSON report `json_name` (None: no JSON) there.
+            the JSON report `json_name` (None: no JSON) there, the PNG names prefixed by
+            `file_prefix`; the plots' titles name the model, `data_name`, ε and the bound.
         batch_size: inference and attack batch size.
         seed: seed of the attacks' random starts.
         arithmetic: "float32" (default) certifies the network as it computes in float32,
@@ -292,10 +298,14 @@ def certification_report(
         seconds["soundness"] = time.perf_counter() - t
     if output_dir is not None:
         os.makedirs(output_dir, exist_ok=True)
+        title = (f"{model.name} on {data_name or f'{report.num_examples} examples'}\n"
+                 f"{report.bound} bound K = {report.lipschitz_bound:.4g}, {report.arithmetic}, ε = {eps:.4g}")
         report.files["certified_accuracy_png"] = plots.plot_certified_accuracy(
-            radii, correct, os.path.join(output_dir, "certified_accuracy.png"), epsilon=eps)
+            radii, correct, os.path.join(output_dir, f"{file_prefix}certified_accuracy.png"), epsilon=eps,
+            title=title)
         report.files["radius_histogram_png"] = plots.plot_radius_histogram(
-            radii, correct, os.path.join(output_dir, "radius_histogram.png"), epsilon=eps)
+            radii, correct, os.path.join(output_dir, f"{file_prefix}radius_histogram.png"), epsilon=eps,
+            title=title)
         if json_name is not None:
             report.files["json"] = os.path.join(output_dir, json_name)
             report.to_json(report.files["json"])
