@@ -177,9 +177,13 @@ def test_cli_bad_flag_and_missing_data_exit_codes(tmp_path):
 def test_list_presets():
     r = run("gloro_keras.cli.train", ["--list_presets"])
     assert r.returncode == 0
-    names = r.stdout.split()
-    assert "quickstart" in names and "table1_imagenet_l18w588" in names
-    assert len(names) == len(presets.PRESETS)
+    lines = r.stdout.splitlines()
+    assert len(lines) == len(presets.PRESETS)
+    rows = {line.split()[0]: line for line in lines}
+    assert rows["quickstart"].split()[1:] == ["quickstart", "quickstart", "liresnet", "L4W32", "emma", "eps", "0.3",
+                                              "10", "epochs", "x", "128"]
+    assert "imagenet2012[300 classes]" in rows["table7_imagenet300_seed2022"]
+    assert " L18W588 " in rows["table1_imagenet_l18w588"]
 
 
 def _check_run_outputs(model_dir, epochs=2):

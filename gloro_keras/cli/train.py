@@ -309,8 +309,9 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     if FLAGS.list_presets:
+        width = max(map(len, presets_lib.PRESETS))
         for name in presets_lib.list_presets():
-            print(name)
+            print(f"{name:<{width}}  {presets_lib.describe_preset(name)}")
         return 0
     try:
         cfg = config_from_flags(FLAGS)

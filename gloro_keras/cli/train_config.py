@@ -67,7 +67,7 @@ def define_flags(fv=flags.FLAGS):
     """Register the gloro-train flags on `fv` (a `flags.FlagValues`)."""
     d = dict(flag_values=fv)
     flags.DEFINE_string("preset", None, "Named configuration (`--list_presets`); explicit flags override it.", **d)
-    flags.DEFINE_bool("list_presets", False, "Print the preset names and exit.", **d)
+    flags.DEFINE_bool("list_presets", False, "Print every preset (name, table, data, model, loss, ε, epochs) and exit.", **d)
     flags.DEFINE_string("dataset", None, "quickstart | mnist | cifar10 | cifar100 | tiny_imagenet | "
                         "imagenet2012 | imagenet_folder | path/to/data.npz. Default: cifar10.", **d)
     flags.DEFINE_string("data_dir", None, "Where the data set is (tfds dir, Tiny-ImageNet folder, ...).", **d)

@@ -26,7 +26,7 @@ Names (`list_presets()` gives them all):
 """
 from __future__ import annotations
 
-__all__ = ["RECIPE", "PRESETS", "get_preset", "list_presets", "PRESET_TABLES"]
+__all__ = ["RECIPE", "PRESETS", "describe_preset", "get_preset", "list_presets", "PRESET_TABLES"]
 
 EPS_CIFAR = 36 / 255
 
@@ -129,6 +129,15 @@ def get_preset(name):
         close = difflib.get_close_matches(str(name), PRESETS, n=5, cutoff=0.5)
         hint = f" Did you mean: {', '.join(close)}?" if close else ""
         raise KeyError(f"unknown preset {name!r}.{hint} (`gloro-train --list_presets` lists all)") from None
+
+
+def describe_preset(name):
+    """One line saying what preset `name` trains, e.g. ``Table 1  cifar10  liresnet L6W128
+    emma  eps 0.1412  800 epochs x 256``."""
+    p = PRESETS[name]
+    data = p["dataset"] + (f"[{p['subset_classes']} classes]" if p.get("subset_classes") else "")
+    return (f"{PRESET_TABLES[name]:<10} {data:<24} {p['arch']} L{p['depth']}W{p['width']:<5} "
+            f"{p['loss']:<18} eps {p['epsilon']:.4g}  {p['epochs']} epochs x {p['batch_size']}")
 
 
 def list_presets(table=None):
