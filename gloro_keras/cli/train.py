@@ -57,7 +57,7 @@ from gloro_keras.train.callbacks import (
     VRALogger,
 )
 from gloro_keras.train.distribute import make_strategy, multi_worker_fit_fixes, task_info
-from gloro_keras.train.schedules import WarmupCosine
+from gloro_keras.train.schedules import EpsilonSchedule, WarmupCosine
 
 FLAGS = flags.FLAGS
 IMAGENET_TRAIN_SIZE = 1_281_167
@@ -134,6 +134,12 @@ def load_data(cfg):
     test_raw_limited = test_raw.take(cfg["test_examples"]) if cfg["test_examples"] else test_raw
     test = data.make_pipeline(test_raw_limited, min(bs, 1024), training=False)
     return train, test, info, int(steps), train_raw
+
+
+def _peak_multiple(schedule):
+    """The largest multiple of ε the training-ε schedule reaches."""
+    s = EpsilonSchedule(schedule)
+    return max(s(i / 400) for i in range(401))
 
 
 def _sample_images(ds_raw, n):
@@ -268,6 +274,9 @@ def _train(cfg, strategy, run_dir, resumed_after, chief, started):
               f"eps {cfg['epsilon']:.6g}, {cfg['epochs']} epochs x {steps} steps of {cfg['batch_size']}"
               + (f", strategy {cfg['strategy']} ({strategy.num_replicas_in_sync} replicas)" if strategy else ""),
               flush=True)
+        print("gloro-train: training clean_acc / vra / rejection_rate are at the training radius epsilon_train "
+              f"(the schedule's, up to {_peak_multiple(cfg['eps_schedule']):.3g} eps) with the "
+              "training bound; val_* are at eps with the converged bound", flush=True)
 
     callbacks = make_callbacks(cfg, out_dir, steps, train_raw, resuming=resumed_after is not None)
     metrics_log = next(cb for cb in callbacks if isinstance(cb, MetricsLog))
