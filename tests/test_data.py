@@ -526,3 +526,27 @@ def test_non_finite_pixels_and_non_npz_files_are_errors(tmp_path):
     with pytest.raises(ValueError, match="is not an .npz archive") as e:
         D.load(str(text))
     assert "allow_pickle" not in str(e.value)
+
+
+def test_missing_truncated_and_undecodable_images_are_named_before_training(tmp_path):
+    root = tmp_path / "tiny-imagenet-200"
+    _tiny_tree(root)
+    train, test, _ = D.load("tiny_imagenet", data_dir=str(root))
+    assert D.check_files(train, test) == 15 and D.decode_all(train, test) == 15
+    missing = root / "val" / "images" / "val_4.JPEG"
+    missing.unlink()
+    good = root / "train" / "n01000001" / "images" / "n01000001_1.JPEG"
+    truncated = root / "train" / "n02000002" / "images" / "n02000002_0.JPEG"
+    truncated.write_bytes(good.read_bytes()[:300])
+    with pytest.raises(D.ImageFileError, match=r"2 of 15 image files are not usable: ") as e:
+        D.check_files(*D.load("tiny_imagenet", data_dir=str(root))[:2])
+    assert f"{truncated} (truncated JPEG (no end-of-image marker))" in str(e.value)
+    assert f"{missing} (missing)" in str(e.value)
+    # complete markers around corrupt data: only decoding finds it
+    _write_image(missing, _colour(100, 64, 64))
+    data = bytearray(good.read_bytes())
+    truncated.write_bytes(bytes(data[:20]) + b"\x00" * (len(data) - 22) + bytes(data[-2:]))
+    train, test, _ = D.load("tiny_imagenet", data_dir=str(root))
+    assert D.check_files(train, test) == 15
+    with pytest.raises(D.ImageFileError, match=rf"1 of 15 image files are not usable: {truncated} \(not decodable\)"):
+        D.decode_all(train, test)

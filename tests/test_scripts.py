@@ -327,3 +327,25 @@ def test_certify_never_overwrites_an_earlier_report(tmp_path):
     for files in (first, second):
         for key in ("certified_accuracy_png", "radius_histogram_png"):
             assert open(files[key], "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bad_image_files_are_named_before_or_while_training(tmp_path):
+    from test_data import _colour, _tiny_tree, _write_image
+    root = tmp_path / "tiny"
+    _tiny_tree(root)
+    args = ["--dataset=tiny_imagenet", f"--data_dir={root}", "--depth=1", "--width=4", "--dense_width=8",
+            "--batch_size=3", "--epochs=1", "--steps_per_epoch=2", "--verbose=0", "--power_iterations=1",
+            "--noaugment", "--noshuffle"]
+    missing = root / "val" / "images" / "val_2.JPEG"
+    missing.unlink()
+    with pytest.raises(train_config.ConfigError, match=rf"1 of 15 image files are not usable: {missing} \(missing\)"):
+        train_script.train(parse(args + [f"--model_dir={tmp_path / 'a'}"]))
+    assert not (tmp_path / "a" / "model.keras").exists()
+    _write_image(missing, _colour(100, 64, 64))
+    bad = root / "train" / "n01000001" / "images" / "n01000001_0.JPEG"  # the first training image
+    data = bad.read_bytes()
+    bad.write_bytes(data[:20] + b"\x00" * (len(data) - 22) + data[-2:])  # markers intact, data not
+    with pytest.raises(train_config.ConfigError, match=rf"1 image file\(s\) cannot be decoded: {bad} "):
+        train_script.train(parse(args + [f"--model_dir={tmp_path / 'b'}"]))  # found by fit, then named
+    with pytest.raises(train_config.ConfigError, match=rf"{bad} \(not decodable\)"):
+        train_script.train(parse(args + [f"--model_dir={tmp_path / 'c'}", "--verify_images"]))  # before fit

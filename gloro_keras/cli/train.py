@@ -30,6 +30,7 @@ finished epoch); 1 for bad flags (absl usage error).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -93,7 +94,8 @@ def compile_model(model, cfg, steps_per_epoch):
 
 
 def load_data(cfg):
-    """(train_ds, test_ds, info, steps_per_epoch, train_source); raises DataNotFoundError."""
+    """(train_ds, test_ds, info, steps_per_epoch, (train_source, test_source)); raises
+    DataNotFoundError, or ConfigError for data that cannot train (bad files, labels, ...)."""
     # Imported here: gloro_keras.data imports TensorFlow, which --help (and the JAX
     # backend) does not otherwise need.
     from gloro_keras import data
@@ -105,6 +107,12 @@ def load_data(cfg):
     except data.DataNotFoundError:
         raise
     except ValueError as e:  # unknown name, malformed .npz, impossible subset, ...
+        raise ConfigError(str(e)) from None
+    try:  # image folders: every file present and complete (and decodable, on request)
+        checked = data.check_files(train_raw, test_raw, progress=cfg["verbose"] == 1)
+        if checked and cfg["verify_images"]:
+            data.decode_all(train_raw, test_raw, progress=cfg["verbose"] == 1)
+    except data.ImageFileError as e:
         raise ConfigError(str(e)) from None
     bs = cfg["batch_size"]
     if cfg["shuffle"]:
@@ -133,7 +141,27 @@ def load_data(cfg):
         train = train.repeat()
     test_raw_limited = test_raw.take(cfg["test_examples"]) if cfg["test_examples"] else test_raw
     test = data.make_pipeline(test_raw_limited, min(bs, 1024), training=False)
-    return train, test, info, int(steps), train_raw
+    return train, test, info, int(steps), (train_raw, test_raw)
+
+
+@contextlib.contextmanager
+def _name_bad_images(*sources):
+    """Turn an image-decoding failure inside `fit` into a ConfigError naming the files."""
+    try:
+        yield
+    except Exception as e:
+        from gloro_keras.data import verify
+
+        paths = verify.file_paths(*sources)
+        if not paths or type(e).__name__ != "InvalidArgumentError":
+            raise
+        print("gloro-train: an image failed to decode; finding which ...", file=sys.stderr, flush=True)
+        bad = verify.undecodable(paths)
+        if not bad:
+            raise
+        raise ConfigError(f"{len(bad)} image file(s) cannot be decoded: {', '.join(bad[:5])}"
+                          + (" ..." if len(bad) > 5 else "") + " (remove or replace them; "
+                          "--verify_images checks every image before training)") from None
 
 
 def _peak_multiple(schedule):
@@ -246,7 +274,7 @@ def _train(cfg, strategy, run_dir, resumed_after, chief, started):
     if resumed_after is not None:
         print(f"gloro-train: resuming {out_dir} after epoch {resumed_after} of {cfg['epochs']} "
               "(backup/); --overwrite starts over", flush=True)
-    train_ds, test_ds, info, steps, train_raw = load_data(cfg)
+    train_ds, test_ds, info, steps, (train_raw, test_raw) = load_data(cfg)
     if chief:
         _write_json(os.path.join(out_dir, "flags.json"), {
             **cfg, "num_classes": info.num_classes, "image_shape": list(info.image_shape),
@@ -281,7 +309,7 @@ def _train(cfg, strategy, run_dir, resumed_after, chief, started):
     callbacks = make_callbacks(cfg, out_dir, steps, train_raw, resuming=resumed_after is not None)
     metrics_log = next(cb for cb in callbacks if isinstance(cb, MetricsLog))
     bounds = ("power", "sound") if cfg["bound"] == "sound" else ("power",)
-    with multi_worker_fit_fixes(model, train_ds.element_spec, strategy):
+    with multi_worker_fit_fixes(model, train_ds.element_spec, strategy), _name_bad_images(train_raw, test_raw):
         history = model.fit(
             train_ds,
             epochs=cfg["epochs"],

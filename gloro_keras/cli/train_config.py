@@ -46,6 +46,7 @@ DEFAULTS = dict(
     subset_classes=None,
     subset_seed=2023,
     num_classes=None,
+    verify_images=False,
     shuffle=True,
     eval_every=1,
     test_examples=0,
@@ -106,6 +107,8 @@ def define_flags(fv=flags.FLAGS):
     flags.DEFINE_integer("seed", None, "Random seed (weights, shuffling, augmentation). Default: 0.", **d)
     flags.DEFINE_integer("subset_classes", None, "Keep this many classes (ImageNet subsets, Table 7).",
                          lower_bound=1, **d)
+    flags.DEFINE_bool("verify_images", None, "Decode every image of an image-folder data set before training "
+                      "(one pass; files are always checked for presence and truncation). Default: false.", **d)
     flags.DEFINE_integer("num_classes", None, "Classes of an .npz data set when not max(label) + 1 (also "
                          "allows classes without a training example).", lower_bound=1, **d)
     flags.DEFINE_integer("subset_seed", None, "Class-shuffle seed for --subset_classes. Default: 2023.", **d)

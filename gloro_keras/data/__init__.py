@@ -18,7 +18,8 @@ in [0, 1], HWC (batched: NHWC), labels int32; no mean/std normalisation.
 Modules: `sources` (`load` and the data sets it knows, `sample_path`), `folders`
 (Tiny-ImageNet and ImageNet image folders), `subsets` (class subsets), `augment`
 (augmentation policies and ops), `pipeline` (`make_pipeline`, `pipeline_throughput`),
-`data_source` (`DataSource`, `DatasetInfo`, `DataNotFoundError`).
+`data_source` (`DataSource`, `DatasetInfo`, `DataNotFoundError`), `verify` (image files
+present, complete and decodable, checked before training).
 The shipped MNIST sample (`mnist_sample.npz`) lives in this folder too.
 """
 
@@ -27,6 +28,7 @@ from gloro_keras.data.data_source import DataNotFoundError, DataSource, DatasetI
 from gloro_keras.data.pipeline import AUTOTUNE, make_pipeline, pipeline_throughput
 from gloro_keras.data.sources import DATASET_NAMES, load, sample_path
 from gloro_keras.data.subsets import DEFAULT_SUBSET_SEED, class_subset
+from gloro_keras.data.verify import ImageFileError, check_files, decode_all
 
 __all__ = [
     "AUTOTUNE",
@@ -36,6 +38,9 @@ __all__ = [
     "DataNotFoundError",
     "DataSource",
     "DatasetInfo",
+    "ImageFileError",
+    "check_files",
+    "decode_all",
     "class_subset",
     "default_augmentation",
     "load",
