@@ -349,3 +349,9 @@ def test_bad_image_files_are_named_before_or_while_training(tmp_path):
         train_script.train(parse(args + [f"--model_dir={tmp_path / 'b'}"]))  # found by fit, then named
     with pytest.raises(train_config.ConfigError, match=rf"{bad} \(not decodable\)"):
         train_script.train(parse(args + [f"--model_dir={tmp_path / 'c'}", "--verify_images"]))  # before fit
+
+
+@pytest.mark.parametrize("value", ["nan", "inf"])
+def test_a_non_finite_epsilon_is_refused_before_any_data_is_read(value):
+    with pytest.raises(train_config.ConfigError, match=f"--epsilon must be finite and >= 0. Received: --epsilon={value}"):
+        parse([f"--epsilon={value}", "--dataset=/nonexistent.npz"])
