@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 from keras import ops
 
+import gloro_keras as gk
 from conftest import explicit_matrix, spectral_norm
+from gloro_keras.bounds import conv2d_operator_matrix
 from gloro_keras.layers import (
     LiResNetBlock,
     LipschitzConv2D,
@@ -335,3 +337,71 @@ def test_bad_layer_arguments_are_clear():
         build(LipschitzConv2D(4, 3, padding="reflect"), (5, 5, 2))
     with pytest.raises(ValueError, match="static"):
         build(LipschitzConv2D(4, 3), (None, None, 2))
+
+
+# ----------------------------------------------------------------------------- gloro's layers
+def test_min_max_pairings():
+    x = np.array([[1.0, -2.0, 3.0, 0.0]], "float32")
+    np.testing.assert_array_equal(MinMax()(x), [[3.0, 0.0, 1.0, -2.0]])
+    np.testing.assert_array_equal(MinMax(pairing="adjacent")(x), [[-2.0, 1.0, 0.0, 3.0]])
+    img = np.random.default_rng(0).normal(size=(2, 3, 3, 2)).astype("float32")  # pairs = the 2 channels
+    out = keras.ops.convert_to_numpy(MinMax(pairing="adjacent")(img))
+    np.testing.assert_array_equal(out, np.stack([img.min(-1), img.max(-1)], -1))
+    with pytest.raises(ValueError, match="even number of values"):
+        MinMax(pairing="adjacent")(keras.Input((3, 3, 1)))
+    with pytest.raises(ValueError, match="pairing must be one of"):
+        MinMax(pairing="random")
+
+
+def test_invertible_downsampling_is_space_to_depth():
+    import tensorflow as tf
+    x = np.random.default_rng(1).normal(size=(2, 8, 6, 3)).astype("float32")
+    for pool in (2, (2, 3), (4, 1)):
+        got = keras.ops.convert_to_numpy(gk.layers.InvertibleDownsampling(pool)(x))
+        p0, p1 = (pool, pool) if isinstance(pool, int) else pool
+        want = np.concatenate([x[:, i::p0, j::p1, :] for i in range(p0) for j in range(p1)], axis=-1)
+        np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(gk.layers.InvertibleDownsampling(2)(x), tf.nn.space_to_depth(x, 2))
+    with pytest.raises(ValueError, match="divisible"):
+        gk.layers.InvertibleDownsampling(4)(keras.Input((6, 6, 3)))
+
+
+@pytest.mark.parametrize("kernel_size", [1, 3, 4, 5, 6])
+def test_liresnet_block_with_a_zero_kernel_is_the_identity(kernel_size):
+    block = LiResNetBlock(kernel_size=kernel_size, residual_scale=2.2, kernel_initializer="zeros")
+    x = np.random.default_rng(2).normal(size=(1, 8, 8, 4)).astype("float32")
+    for training in (False, True):
+        np.testing.assert_allclose(block(x, training=training), x, atol=1e-6)
+    assert 1.0 <= block.sound_bound() <= 1.0 + 1e-7
+
+
+@pytest.mark.parametrize("kernel_size", [2, 4])
+def test_even_liresnet_kernels_bound_their_operator(kernel_size):
+    block = LiResNetBlock(kernel_size=kernel_size, residual_scale=0.7, use_affine=False,
+                          kernel_initializer="glorot_uniform")
+    block.build((None, 6, 6, 2))
+    assert not block.beta.trainable
+    k = keras.ops.convert_to_numpy(block.residual_merged_kernel()).astype("float64")
+    k[block.pads[0], block.pads[0]] += np.eye(2)  # Δ + R: what inference computes
+    operator = conv2d_operator_matrix(k, (6, 6), (1, 1), (block.pads, block.pads))
+    x = np.random.default_rng(4).normal(size=(1, 6, 6, 2)).astype("float32")
+    np.testing.assert_allclose(block(x) - block.bias, (operator @ x.ravel()).reshape(x.shape), atol=1e-6)
+    exact = np.linalg.norm(operator, 2)
+    assert exact <= block.sound_bound() <= exact * (1 + 1e-6)
+    assert block.converge_iterate(max_iterations=5000, tolerance=1e-9) == pytest.approx(exact, rel=1e-5)
+
+
+def test_gloro_layers_certify_in_a_gloro_model():
+    x = keras.Input((8, 8, 2))
+    z = LipschitzConv2D(4, 3)(x)
+    z = MinMax(pairing="adjacent")(z)
+    z = gk.layers.InvertibleDownsampling(2)(z)
+    z = gk.layers.Scaling(-0.5)(z)
+    z = keras.layers.Flatten()(z)
+    model = gk.GloroModel(x, LLNDense(3)(z), epsilon=0.1)
+    xs = np.random.default_rng(3).uniform(size=(16, 8, 8, 2)).astype("float32")
+    radius = model.certified_radius(xs)
+    assert radius.shape == (16,) and np.all(radius >= 0)
+    k = model.lipschitz_bound("sound")
+    conv = model.network.layers[1]
+    assert conv.sound_bound() * 0.5 <= k <= conv.sound_bound() * 0.5 * (1 + 1e-8)  # |α| = 0.5

@@ -77,7 +77,7 @@ def test_unsupported_layers_are_errors_naming_the_layer():
     x = keras.Input((6,))
     z = keras.layers.Dense(8, name="plain_dense")(x)
     y = LLNDense(3)(MinMax()(z))
-    with pytest.raises(ValueError, match="plain_dense.*gloro_keras.layers.Dense"):
+    with pytest.raises(ValueError, match="plain_dense.*gloro_keras.layers.LipschitzDense"):
         gk.GloroModel(x, y, epsilon=0.1)
     z = keras.layers.BatchNormalization(name="bn")(gk.layers.LipschitzDense(8)(x))
     with pytest.raises(ValueError, match="'bn'"):

@@ -25,10 +25,13 @@ class LiResNetBlock(LipschitzLayer):
 
     Args:
         num_blocks: L, the number of blocks in the backbone (sets the 1/√L scale).
-        kernel_size: odd kernel size (default 3).
+        kernel_size: kernel size (default 3); an even size pads like TensorFlow's 'same'
+            (one more row/column after than before) and puts Δ's tap at (k−1)//2.
         use_bias: add a bias b.
         kernel_initializer: for V; default N(0, 1)/(k²·W) as in the paper.
         power_iterations: steps per training call (default 10).
+        residual_scale: the scale of the residual branch, instead of 1/√L.
+        use_affine: learn β (default); False fixes β = 1.
 
     Example:
     >>> x = keras.Input((16, 16, 128))
@@ -42,15 +45,21 @@ class LiResNetBlock(LipschitzLayer):
         use_bias=True,
         kernel_initializer=None,
         power_iterations=10,
+        residual_scale=None,
+        use_affine=True,
         **kwargs,
     ):
         super().__init__(power_iterations=power_iterations, **kwargs)
         self.num_blocks = int(num_blocks)
         if self.num_blocks < 1:
-            raise ValueError(f"num_blocks must be >= 1; got {num_blocks}")
+            raise ValueError(f"num_blocks must be >= 1. Received: num_blocks={num_blocks}")
         self.kernel_size = int(kernel_size)
-        if self.kernel_size < 1 or self.kernel_size % 2 == 0:
-            raise ValueError(f"kernel_size must be odd; got {kernel_size}")
+        if self.kernel_size < 1:
+            raise ValueError(f"kernel_size must be >= 1. Received: kernel_size={kernel_size}")
+        if residual_scale is not None and not math.isfinite(float(residual_scale)):
+            raise ValueError(f"residual_scale must be finite. Received: residual_scale={residual_scale}")
+        self.residual_scale = None if residual_scale is None else float(residual_scale)
+        self.use_affine = bool(use_affine)
         self.use_bias = bool(use_bias)
         self.kernel_initializer = (
             keras.initializers.get(kernel_initializer) if kernel_initializer is not None else None
@@ -67,18 +76,30 @@ class LiResNetBlock(LipschitzLayer):
         k = self.kernel_size
         init = self.kernel_initializer or keras.initializers.RandomNormal(stddev=1.0 / (k * k * c))
         self.residual_kernel = self.add_weight(name="residual_kernel", shape=(k, k, c, c), initializer=init)
-        self.beta = self.add_weight(name="beta", shape=(c,), initializer="ones")
+        self.beta = self.add_weight(name="beta", shape=(c,), initializer="ones", trainable=self.use_affine)
         self.bias = self.add_weight(name="bias", shape=(c,), initializer="zeros") if self.use_bias else None
         self.build_iterate((1, h, w, c))
 
+    @property
+    def pads(self):
+        """(before, after) padding of each spatial axis ('same', stride 1)."""
+        p = (self.kernel_size - 1) // 2
+        return (p, self.kernel_size - 1 - p)
+
+    @property
+    def scale(self):
+        """The residual branch's scale: `residual_scale`, else 1/√L."""
+        return self.residual_scale if self.residual_scale is not None else 1.0 / math.sqrt(self.num_blocks)
+
     def identity_kernel(self):
-        """Δ: (k, k, W, W) with the W×W identity at the centre tap."""
-        c = (self.kernel_size - 1) // 2
+        """Δ: (k, k, W, W) with the W×W identity at tap ((k−1)//2, (k−1)//2)."""
         eye = ops.eye(self.width, dtype=self.residual_kernel.dtype)[None, None]
-        return ops.pad(eye, ((c, c), (c, c), (0, 0), (0, 0)))
+        return ops.pad(eye, (self.pads, self.pads, (0, 0), (0, 0)))
 
     def residual_merged_kernel(self):
-        """R = V·β/√L, the kernel of the residual branch."""
+        """R = V·β/√L (or V·β·residual_scale), the kernel of the residual branch."""
+        if self.residual_scale is not None:
+            return self.residual_kernel * (self.beta * self.residual_scale)
         return self.residual_kernel * (self.beta / math.sqrt(self.num_blocks))
 
     def linear_kernel(self):
@@ -93,8 +114,8 @@ class LiResNetBlock(LipschitzLayer):
     has_kernel_vjp = True
 
     def kernel_vjp(self, x, g):
-        k, p = self.kernel_size, (self.kernel_size - 1) // 2
-        return conv_kernel_vjp(x, g, (k, k), (1, 1), ((p, p), (p, p)))
+        k = self.kernel_size
+        return conv_kernel_vjp(x, g, (k, k), (1, 1), (self.pads, self.pads))
 
     def call(self, x, training=None):
         if training:
@@ -111,12 +132,12 @@ class LiResNetBlock(LipschitzLayer):
     def sound_bound(self):
         from gloro_keras.bounds import conv2d_spectral_bound
 
-        p, c = (self.kernel_size - 1) // 2, self.width
+        p, c = self.pads[0], self.width
         kernel = ops.convert_to_numpy(self.residual_merged_kernel()).astype("float64")
         kernel[p, p] += np.eye(c)  # Δ + R in float64: the function inference computes
         return conv2d_spectral_bound(
             kernel,
-            tuple(self.iterate.shape[1:3]), strides=(1, 1), padding=((p, p), (p, p)),
+            tuple(self.iterate.shape[1:3]), strides=(1, 1), padding=(self.pads, self.pads),
         )
 
     def get_config(self):
@@ -126,6 +147,8 @@ class LiResNetBlock(LipschitzLayer):
                 "num_blocks": self.num_blocks,
                 "kernel_size": self.kernel_size,
                 "use_bias": self.use_bias,
+                "residual_scale": self.residual_scale,
+                "use_affine": self.use_affine,
                 "kernel_initializer": (
                     keras.initializers.serialize(self.kernel_initializer)
                     if self.kernel_initializer is not None

@@ -6,7 +6,7 @@ import keras
 import numpy as np
 
 from gloro_keras._compat import producer
-from gloro_keras.layers import BoundedLayer, MinMax
+from gloro_keras.layers import BoundedLayer, InvertibleDownsampling, MinMax
 
 
 @dataclasses.dataclass
@@ -91,7 +91,7 @@ def _activation_name(layer):
 def constant_lipschitz(layer):
     """Fixed Lipschitz constant of a parameter-free layer, or None if unsupported."""
     L = keras.layers
-    if isinstance(layer, MinMax):
+    if isinstance(layer, (MinMax, InvertibleDownsampling)):
         return 1.0
     if isinstance(layer, (L.Flatten, L.Reshape, L.Permute, L.Identity, L.ZeroPadding2D, L.Cropping2D)):
         return 1.0
@@ -165,7 +165,7 @@ def analyze(network):
             hint = ""
             if isinstance(layer, (keras.layers.Dense, keras.layers.Conv2D)):
                 hint = (
-                    f" Use gloro_keras.layers.{'Dense' if isinstance(layer, keras.layers.Dense) else 'Conv2D'}"
+                    f" Use gloro_keras.layers.{'LipschitzDense' if isinstance(layer, keras.layers.Dense) else 'LipschitzConv2D'}"
                     f" (a Lipschitz-bounded drop-in) and a separate MinMax activation."
                 )
             raise ValueError(

@@ -33,7 +33,16 @@ import keras
 import numpy as np
 from keras import ops
 
-from gloro_keras.layers import LipschitzConv2D, LipschitzDense, LiResNetBlock, LLNDense, MinMax, ResNetBlock
+from gloro_keras.layers import (
+    InvertibleDownsampling,
+    LipschitzConv2D,
+    LipschitzDense,
+    LiResNetBlock,
+    LLNDense,
+    MinMax,
+    ResNetBlock,
+    Scaling,
+)
 from gloro_keras.ops.precision import accumulate_float64
 
 U32 = 2.0 ** -24  # unit roundoff of float32, round to nearest
@@ -178,7 +187,7 @@ class _LinearResidual(_Step):
         tau = 2 * gamma(3, u)
         self.g_r = gamma(self.fan_in, u) * (1.0 + tau) + tau
         self.g_2 = gamma(2, u) * (1.0 + self.g_r)
-        self.scale = 1.0 / math.sqrt(layer.num_blocks)
+        self.scale = abs(layer.scale)
 
     def _r_abs(self):
         return ops.abs(self.layer.residual_kernel) * (ops.abs(self.layer.beta) * self.scale) * (1.0 + gamma(4, self.u))
@@ -349,7 +358,14 @@ def _step_for(layer, u, tiny):
         # a sum of `pool` terms, then one division (or a product with a rounded 1/pool)
         return _Linear(layer, pool + 2, out_numel, u, tiny, abs_fn=lambda h_abs: layer(h_abs),
                        norms=lambda value: (lip, lip, 1.0 / pool))
-    if isinstance(layer, (MinMax, L.Flatten, L.Reshape, L.Permute, L.Identity, L.ZeroPadding2D, L.Cropping2D)):
+    if isinstance(layer, Scaling):
+        def scaled_abs(h_abs):
+            return h_abs * ops.abs(layer.alpha)
+
+        # one product per value; ‖α‖ from the layer's bound
+        return _Linear(layer, 1, out_numel, u, tiny, abs_fn=scaled_abs,
+                       norms=lambda value: (value(layer), value(layer), value(layer)))
+    if isinstance(layer, (MinMax, InvertibleDownsampling, L.Flatten, L.Reshape, L.Permute, L.Identity, L.ZeroPadding2D, L.Cropping2D)):
         return _Exact(layer, 1.0)
     if isinstance(layer, L.MaxPooling2D):
         if tuple(layer.pool_size) != tuple(layer.strides) or layer.padding != "valid":
