@@ -209,11 +209,23 @@ def _plain_layers_net():
     return gk.GloroModel(keras.Model(x, LLNDense(5)(z)), epsilon=0.1)
 
 
-@pytest.mark.parametrize("kind", ["liresnet", "convnet", "resnet", "plain_layers"])
+def _gloro_layers_net():
+    x = keras.Input((8, 8, 3))
+    z = LipschitzConv2D(8, 3, padding="same", bias_initializer=keras.initializers.RandomNormal(stddev=50.0))(x)
+    z = MinMax(pairing="adjacent")(z)
+    z = gk.layers.LiResNetBlock(kernel_size=4, residual_scale=1.7, kernel_initializer="glorot_uniform")(z)
+    z = gk.layers.InvertibleDownsampling(2)(z)
+    z = gk.layers.Scaling(-3.3)(z)
+    z = MinMax(pairing="adjacent")(z)
+    z = keras.layers.Flatten()(z)
+    return gk.GloroModel(keras.Model(x, LLNDense(5)(z)), epsilon=0.1)
+
+
+@pytest.mark.parametrize("kind", ["liresnet", "convnet", "resnet", "plain_layers", "gloro_layers"])
 def test_rounding_bound_covers_float64_re_evaluation_every_layer_type(kind):
     keras.utils.set_random_seed(3)
-    if kind == "plain_layers":
-        model = _plain_layers_net()
+    if kind in ("plain_layers", "gloro_layers"):
+        model = _plain_layers_net() if kind == "plain_layers" else _gloro_layers_net()
         x = np.random.default_rng(0).uniform(0, 1, (64, 8, 8, 3)).astype("float32")
     else:
         model = gk.GloroLiResNet(L=3, W=8, num_classes=6, input_shape=(12, 12, 3), epsilon=0.1,
