@@ -79,3 +79,126 @@ def test_own_namespaces_hold_no_gloro_aliases():
     assert not hasattr(gk, "GloroNet") and not hasattr(gk, "UpdatePowerIterates")
     assert not hasattr(gk.GloroModel, "predict_clean") and not hasattr(gk.GloroModel, "f")
     assert not hasattr(gk.layers.BoundedLayer, "lipschitz_bound")
+
+
+# ----------------------------------------------------------------------------- gloro's layers
+from gloro_keras.compat import layers as G  # noqa: E402
+from gloro_keras.compat.lc import Eigh, PowerMethod  # noqa: E402
+
+
+def _built(layer, shape):
+    layer(keras.Input(shape))
+    return layer
+
+
+def _sampled_ratio(layer, shape, rng):
+    x1, x2 = rng.standard_normal((2, 1, *shape)).astype("float32")
+    return float(np.linalg.norm(layer(x1) - layer(x2)) / np.linalg.norm(x1 - x2))
+
+
+def test_layer_lipschitz_of_known_constants():
+    for strategy in (PowerMethod(100), "eigh", Eigh()):
+        dense = _built(G.Dense(32, kernel_initializer="orthogonal", lc_strategy=strategy), (32,))
+        assert float(dense.lipschitz()) == pytest.approx(1.0, rel=1e-5)
+    assert G.AveragePooling2D(2).lipschitz() == pytest.approx(0.5)
+    for init in (4.0, -4.0):
+        assert float(_built(G.Scaling(init), (32,)).lipschitz()) == pytest.approx(4.0)
+    with pytest.raises(ValueError, match="Eigh only supports 2D"):
+        G.Conv2D(4, 3, lc_strategy="eigh")
+    with pytest.raises(ValueError, match="unknown Lipschitz computation strategy"):
+        G.Dense(4, lc_strategy="svd")
+
+
+@pytest.mark.parametrize("kernel_size", [1, 3, 4, 5, 6])
+def test_liresnet_block_identity(kernel_size):
+    block = _built(G.LiResNetBlock(kernel_size, kernel_initializer="zeros", bias_initializer="zeros",
+                                   lc_strategy=PowerMethod(100)), (12, 12, 4))
+    x = np.random.default_rng(kernel_size).standard_normal((1, 12, 12, 4)).astype("float32")
+    np.testing.assert_allclose(block(x), x, atol=1e-6)
+    assert float(block.lipschitz()) == pytest.approx(1.0, rel=1e-5)
+
+
+@pytest.mark.parametrize("make, shape", [
+    (lambda: G.Dense(32, bias_initializer="random_normal", lc_strategy=PowerMethod(100)), (32,)),
+    (lambda: G.Conv2D(8, 3, padding="same", bias_initializer="random_normal", lc_strategy=PowerMethod(100)), (12, 12, 8)),
+    (lambda: G.Conv2D(8, 4, strides=2, padding="same", bias_initializer="random_normal",
+                      lc_strategy=PowerMethod(100)), (12, 12, 8)),
+    (lambda: G.LiResNetBlock(3, use_affine=False, residual_scale=2.2, bias_initializer="random_normal",
+                             lc_strategy=PowerMethod(100)), (12, 12, 8)),
+    (lambda: G.LiResNetBlock(3, use_affine=True, residual_scale=2.2, bias_initializer="random_normal",
+                             lc_strategy=PowerMethod(100)), (12, 12, 8)),
+])
+def test_layer_lipschitz_bounds_sampled_ratios(make, shape):
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        layer = _built(make(), shape)
+        if isinstance(layer, G.LiResNetBlock) and layer.use_affine:
+            layer.beta.assign(rng.uniform(-2, 2, layer.beta.shape).astype("float32"))
+        lc = float(layer.lipschitz())
+        assert _sampled_ratio(layer, shape, rng) <= lc <= layer.sound_bound() * (1 + 1e-6)
+
+
+def _margin_jacobian_norms(model, x):
+    """‖∂(y_j − y_i)/∂x‖ for the predicted j, per input and class (a lower bound on K_ji)."""
+    import tensorflow as tf
+    x = tf.constant(x)
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(x)
+        y = model.network(x)
+        j = tf.argmax(y, axis=-1)
+        margins = tf.gather(y, j, batch_dims=1)[:, None] - y
+    jac = tape.batch_jacobian(margins, x)
+    return np.linalg.norm(jac.numpy().reshape(len(x), y.shape[-1], -1), axis=-1)
+
+
+def test_model_lipschitz_constants():
+    from gloro_keras.compat.models import GloroNet
+    x = G.Input((32,))
+    z = G.MinMax()(G.Dense(32, kernel_initializer="orthogonal", lc_strategy="eigh")(x))
+    z = G.MinMax()(G.Dense(32, kernel_initializer="orthogonal", lc_strategy="eigh")(z))
+    g = GloroNet(x, G.Dense(4, kernel_initializer="orthogonal", lc_strategy="eigh")(z), 1.0)
+    assert g.sub_lipschitz == pytest.approx(1.0, rel=1e-5)
+    X = np.random.default_rng(0).standard_normal((8, 32)).astype("float32")
+    lc = g.lipschitz_constant(X)
+    assert lc.shape == (8, 4) and np.all((lc == -1).sum(axis=1) == 1)
+    assert np.all(_margin_jacobian_norms(g, X) <= np.maximum(lc, 0) + 1e-6)
+
+    shared = PowerMethod(25)  # one strategy for every layer: each keeps its own iterate here
+    x = G.Input((16, 16, 8))
+    z = G.MinMax()(G.Conv2D(8, 3, padding="same", bias_initializer="random_normal", lc_strategy=shared)(x))
+    z = G.InvertibleDownsampling(2)(z)
+    z = G.MinMax()(G.Conv2D(8, 3, strides=2, padding="same", lc_strategy=shared)(z))
+    z = G.MinMax()(G.Dense(16, lc_strategy=shared)(G.Flatten()(z)))
+    g = GloroNet(x, G.Dense(4, lc_strategy=shared)(z), 1.0)
+    X = np.random.default_rng(1).standard_normal((8, 16, 16, 8)).astype("float32")
+    assert np.all(_margin_jacobian_norms(g, X) <= np.maximum(g.lipschitz_constant(X), 0) + 1e-6)
+
+
+def _two_moons(n, noise, seed):
+    rng = np.random.default_rng(seed)
+    t = rng.uniform(0, np.pi, n)
+    y = rng.integers(0, 2, n)
+    x = np.where(y[:, None] == 0, np.c_[np.cos(t), np.sin(t)], np.c_[1 - np.cos(t), 0.5 - np.sin(t)])
+    return (x + rng.normal(0, noise, x.shape)).astype("float32"), y.astype("int32")
+
+
+def test_train_two_moons_and_gloronet_round_trip(tmp_path):
+    from gloro_keras.compat.models import GloroNet
+    keras.utils.set_random_seed(0)
+    X, Y = _two_moons(200, 0.05, seed=0)
+    x = G.Input((2,))
+    z = G.MinMax()(G.Dense(100, lc_strategy="eigh")(x))
+    z = G.MinMax()(G.Dense(100)(z))
+    g = GloroNet(x, G.Dense(2)(z), 0.1)
+    g.compile(loss="sparse_crossentropy", optimizer="adam", metrics=["vra", "clean_acc"])
+    g.fit(X, Y, epochs=5, batch_size=8, verbose=0)
+    loss, vra, clean = g.evaluate(X, Y, batch_size=8, verbose=0)
+    assert vra <= clean and vra > 0.75
+    assert np.all(_margin_jacobian_norms(g, X[:20]) <= np.maximum(g.lipschitz_constant(X[:20]), 0) + 1e-6)
+    g.save(str(tmp_path / "model.gloronet"))
+    loaded = GloroNet.load_model(str(tmp_path / "model.gloronet"))
+    loaded.compile(loss="sparse_crossentropy", optimizer="adam", metrics=["vra", "clean_acc"])
+    np.testing.assert_allclose(loaded.evaluate(X, Y, batch_size=8, verbose=0)[1:], [vra, clean])
+    assert isinstance(loaded.network.layers[1], G.Dense)
+    assert isinstance(loaded.network.layers[1].lc_strategy, Eigh)  # the strategy is saved too
+    np.testing.assert_array_equal(loaded.certify(X), g.certify(X))

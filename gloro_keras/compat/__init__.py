@@ -11,7 +11,7 @@ Every name of the original API lives here and only here; gloro-keras's own API
 meaning. Where this package deliberately differs from gloro (because gloro's behaviour was
 unsafe), the README's "Porting from gloro" section says so.
 """
-from gloro_keras.compat import layers, models, training
+from gloro_keras.compat import layers, lc, models, training
 from gloro_keras.compat.models import GloroNet
 
-__all__ = ["GloroNet", "layers", "models", "training"]
+__all__ = ["GloroNet", "layers", "lc", "models", "training"]

@@ -32,6 +32,7 @@ class LiResNetBlock(LipschitzLayer):
         power_iterations: steps per training call (default 10).
         residual_scale: the scale of the residual branch, instead of 1/√L.
         use_affine: learn β (default); False fixes β = 1.
+        bias_initializer: for b (default zeros).
 
     Example:
     >>> x = keras.Input((16, 16, 128))
@@ -47,6 +48,7 @@ class LiResNetBlock(LipschitzLayer):
         power_iterations=10,
         residual_scale=None,
         use_affine=True,
+        bias_initializer="zeros",
         **kwargs,
     ):
         super().__init__(power_iterations=power_iterations, **kwargs)
@@ -60,6 +62,7 @@ class LiResNetBlock(LipschitzLayer):
             raise ValueError(f"residual_scale must be finite. Received: residual_scale={residual_scale}")
         self.residual_scale = None if residual_scale is None else float(residual_scale)
         self.use_affine = bool(use_affine)
+        self.bias_initializer = keras.initializers.get(bias_initializer)
         self.use_bias = bool(use_bias)
         self.kernel_initializer = (
             keras.initializers.get(kernel_initializer) if kernel_initializer is not None else None
@@ -77,7 +80,8 @@ class LiResNetBlock(LipschitzLayer):
         init = self.kernel_initializer or keras.initializers.RandomNormal(stddev=1.0 / (k * k * c))
         self.residual_kernel = self.add_weight(name="residual_kernel", shape=(k, k, c, c), initializer=init)
         self.beta = self.add_weight(name="beta", shape=(c,), initializer="ones", trainable=self.use_affine)
-        self.bias = self.add_weight(name="bias", shape=(c,), initializer="zeros") if self.use_bias else None
+        self.bias = (self.add_weight(name="bias", shape=(c,), initializer=self.bias_initializer)
+                     if self.use_bias else None)
         self.build_iterate((1, h, w, c))
 
     @property
@@ -149,6 +153,7 @@ class LiResNetBlock(LipschitzLayer):
                 "use_bias": self.use_bias,
                 "residual_scale": self.residual_scale,
                 "use_affine": self.use_affine,
+                "bias_initializer": keras.initializers.serialize(self.bias_initializer),
                 "kernel_initializer": (
                     keras.initializers.serialize(self.kernel_initializer)
                     if self.kernel_initializer is not None
