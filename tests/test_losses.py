@@ -1,4 +1,5 @@
 """EMMA, GloRo cross-entropy and TRADES against hand-computed values."""
+import keras
 import numpy as np
 import pytest
 from keras import ops
@@ -142,3 +143,21 @@ def test_training_call_hands_the_loss_its_inputs():
     # evaluation: the cached bound and the test radius
     inputs = model.loss_inputs(model(x))
     assert float(inputs["epsilon"]) == pytest.approx(0.3)
+
+
+@pytest.mark.skipif(keras.backend.backend() == "jax", reason="JAX fixes λ when the train step is traced (TRADES doc)")
+def test_trades_lambda_set_after_compile_changes_training():
+    keras.utils.set_random_seed(0)
+    x = np.random.default_rng(0).uniform(size=(16, 6)).astype("float32")
+    y = np.arange(16) % 3
+    inp = keras.Input((6,))
+    net = keras.Model(inp, gk.layers.LLNDense(3)(gk.layers.MinMax()(gk.layers.LipschitzDense(8)(inp))))
+    model = gk.GloroModel(net, epsilon=0.5)
+    loss = TRADES(lam=1.0)
+    model.compile(optimizer=keras.optimizers.SGD(0.0), loss=loss)
+    first = model.train_on_batch(x, y)
+    loss.lam = 0.0  # after compile and after the step was traced
+    clean = model.train_on_batch(x, y)
+    ce = float(np.mean(keras.ops.convert_to_numpy(keras.losses.sparse_categorical_crossentropy(
+        y, model.predict_logits(x), from_logits=True))))
+    assert clean == pytest.approx(ce, rel=1e-4) and first > clean + 1e-3
