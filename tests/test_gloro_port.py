@@ -202,3 +202,86 @@ def test_train_two_moons_and_gloronet_round_trip(tmp_path):
     assert isinstance(loaded.network.layers[1], G.Dense)
     assert isinstance(loaded.network.layers[1].lc_strategy, Eigh)  # the strategy is saved too
     np.testing.assert_array_equal(loaded.certify(X), g.certify(X))
+
+
+# ----------------------------------------------------------------------------- training API
+def test_gloro_losses_take_gloro_arguments():
+    from gloro_keras.compat.training import losses
+    ce = losses.get("sparse_crossentropy")
+    assert isinstance(ce, losses.Crossentropy) and ce.sparse
+    t = losses.get("trades_ce.1.5")
+    assert t.lam == 1.5 and t.robust == "crossentropy" and not t.sparse
+    assert losses.get("sparse_trades_kl").robust == "kl" and losses.get("trades_kl.3").lam == 3.0
+    logits = np.array([[2.0, 0.5, -1.0], [0.1, 0.3, 0.2]], "float32")
+    inputs = {"logits": logits, "margin_bounds": np.ones((3, 3), "float32") - np.eye(3, dtype="float32"),
+              "epsilon": np.float32(0.2)}
+    y = np.array([0, 2])
+    base = float(gk.losses.GloroCrossentropy()(y, inputs))
+    scaled = {**inputs, "logits": logits / 2.0, "margin_bounds": inputs["margin_bounds"] / 2.0}
+    assert float(losses.Crossentropy(temperature=2.0)(y, inputs)) == pytest.approx(
+        float(gk.losses.GloroCrossentropy()(y, scaled)), rel=1e-6)
+    assert float(losses.Crossentropy(temperature=2.0)(y, inputs)) != pytest.approx(base)
+    kl, ce = losses.Trades(2.0)(y, inputs), losses.Trades(2.0, robust_loss_string="crossentropy")(y, inputs)
+    assert float(ce) > float(kl)  # + λ·H(p)
+    assert float(losses.Trades(2.0, temperature=3.0)(y, inputs)) == pytest.approx(float(kl) + 2 * np.log(3.0), rel=1e-6)
+    restored = losses.Trades.from_config(losses.Trades(0.5, sparse=True, temperature=2.0).get_config())
+    assert (restored.lam, restored.sparse, restored.temperature, restored.robust) == (0.5, True, 2.0, "kl")
+
+
+def test_gloro_metric_names_are_logged_under_those_names():
+    from gloro_keras.compat.layers import Dense, Input, MinMax
+    from gloro_keras.compat.models import GloroNet
+    x = Input((4,))
+    g = GloroNet(x, Dense(3)(MinMax()(Dense(6)(x))), epsilon=0.1)
+    g.compile(optimizer="adam", loss="crossentropy", metrics=["vra_sparse", "clean_acc_cat", "rejection_rate"])
+    X = np.random.default_rng(0).random((16, 4), dtype="float32")
+    Y = keras.utils.to_categorical(np.arange(16) % 3, 3)  # one-hot, as gloro's _cat variants expect
+    logs = g.fit(X, Y, epochs=1, batch_size=8, verbose=0).history
+    assert {"vra_sparse", "clean_acc_cat", "rejection_rate"} <= set(logs)
+
+
+def test_gloro_schedules():
+    from gloro_keras.compat.training.schedules import Schedule
+    assert Schedule("linear", 10, 2.0).as_list() == pytest.approx([0.2 * e for e in range(10)])
+    assert Schedule("linear_half", 10).as_list()[:6] == pytest.approx([0, 0.2, 0.4, 0.6, 0.8, 1.0])
+    assert Schedule("decay_to_0.1", 10)[1] == pytest.approx(0.001 ** 0.1)  # gloro: any "decay…" decays to 0.001×
+    assert Schedule("[1.]-cos-[0.]", 4).as_list() == pytest.approx([1.0, 0.5 + 0.5 * np.cos(np.pi / 4), 0.5,
+                                                                     0.5 + 0.5 * np.cos(3 * np.pi / 4)])
+    assert Schedule("fixed", 10, 3.0)[7] == 3.0
+    with pytest.raises(ValueError, match="middle section needs a time"):
+        Schedule("[0.]-[1.]-[2.]", 10)
+
+
+def test_gloro_schedulers_move_epsilon_lambda_and_lr():
+    from gloro_keras.compat.layers import Dense, Input, MinMax
+    from gloro_keras.compat.models import GloroNet
+    from gloro_keras.compat.training.callbacks import EpsilonScheduler, LrScheduler, TradesScheduler
+    from gloro_keras.compat.training.losses import Trades
+
+    class Record(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.seen = []
+
+        def on_train_batch_begin(self, batch, logs=None):
+            self.seen.append((float(self.model.epsilon_train), self.model.gloro_loss.lam,
+                              float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))))
+
+    x = Input((4,))
+    g = GloroNet(x, Dense(3)(MinMax()(Dense(6)(x))), epsilon=0.5)
+    loss = Trades(2.0)
+    g.compile(optimizer=keras.optimizers.Adam(0.01), loss=loss, metrics=["vra"])
+    X = np.random.default_rng(0).random((16, 4), dtype="float32")
+    rec = Record()
+    g.fit(X, np.arange(16) % 3, epochs=4, batch_size=8, verbose=0,
+          callbacks=[EpsilonScheduler("linear", verbose=False), TradesScheduler("linear_decay", verbose=False),
+                     LrScheduler("[1.]-cos-[0.]", verbose=False), rec])
+    eps, lam, lr = np.array(rec.seen).T
+    # schedule[e] = 0.5·e/4; batch b of epoch e: schedule[e-1] + (schedule[e] − schedule[e-1])·b/2 (gloro's lag)
+    np.testing.assert_allclose(eps, [0.0, 0.0, 0.0, 0.0625, 0.125, 0.1875, 0.25, 0.3125], atol=1e-6)
+    assert g.epsilon == pytest.approx(0.5)  # the certification radius is not scheduled
+    assert lam[0] == pytest.approx(2.0) and np.all(np.diff(lam) <= 1e-9) and lam[-1] < 2.0
+    assert lr[0] == pytest.approx(0.01) and lr[-1] < lr[0]
+    assert loss.lam == pytest.approx(lam[-1])
+    with pytest.raises(ValueError, match="invalid schedule string"):
+        EpsilonScheduler("[bogus")
