@@ -331,8 +331,10 @@ def test_layer_config_round_trip(layer, shape):
 def test_bad_layer_arguments_are_clear():
     with pytest.raises(ValueError, match="power_iterations"):
         LipschitzConv2D(4, 3, power_iterations=-1)
-    with pytest.raises(ValueError, match="odd"):
-        LiResNetBlock(kernel_size=2)
+    with pytest.raises(ValueError, match="kernel_size must be >= 1. Received: kernel_size=0"):
+        LiResNetBlock(kernel_size=0)
+    with pytest.raises(ValueError, match="residual_scale must be finite"):
+        LiResNetBlock(residual_scale=float("nan"))
     with pytest.raises(ValueError, match="padding"):
         build(LipschitzConv2D(4, 3, padding="reflect"), (5, 5, 2))
     with pytest.raises(ValueError, match="static"):
