@@ -77,7 +77,7 @@ def test_own_namespaces_hold_no_gloro_aliases():
     assert not hasattr(gk.layers, "Dense") and not hasattr(gk.layers, "Conv2D")
     assert not hasattr(gk.losses, "Crossentropy") and not hasattr(gk.losses, "Trades")
     assert not hasattr(gk, "GloroNet") and not hasattr(gk, "UpdatePowerIterates")
-    assert not hasattr(gk.GloroModel, "predict_clean") and not hasattr(gk.GloroModel, "f")
+    assert not hasattr(gk.GloroModel, "predict_clean") and not hasattr(gk.GloroModel, "refresh_iterates")
     assert not hasattr(gk.layers.BoundedLayer, "lipschitz_bound")
 
 

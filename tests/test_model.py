@@ -6,7 +6,7 @@ import pytest
 from keras import ops
 
 import gloro_keras as gk
-from conftest import explicit_matrix, input_gradient, spectral_norm
+from conftest import REPO, explicit_matrix, input_gradient, spectral_norm
 from gloro_keras.layers import LLNDense, MinMax
 
 
@@ -316,3 +316,13 @@ def test_inference_on_a_wrong_shape_or_no_inputs_is_clear():
     empty = np.zeros((0, 8, 8, 1), "float32")
     assert model.certify(empty).shape == (0,) and model.certified_radius(empty).shape == (0,)
     assert model.predict(empty).shape == (0, 4) and model.predict_logits(empty).shape == (0, 3)
+
+
+def test_files_saved_by_gloro_keras_0_1_still_load():
+    # saved by the code of commit 4b50d2e (before the gloro names moved to gloro_keras.compat)
+    data = REPO / "tests" / "data"
+    model = keras.saving.load_model(data / "gloro_keras_0_1_liresnet.keras")
+    expected = np.load(data / "gloro_keras_0_1_liresnet_expected.npz")
+    np.testing.assert_array_equal(model.predict_logits(expected["x"]), expected["logits"])
+    np.testing.assert_array_equal(model.certify(expected["x"]), expected["certify"])
+    assert model.lipschitz_bound("sound") == pytest.approx(float(expected["k"]), rel=1e-12)

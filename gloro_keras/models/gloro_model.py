@@ -658,6 +658,14 @@ class GloroModel(keras.Model):
         return self.margin_certificate(x, bound, arithmetic, batch_size).radius()
 
     # -- serialization ---------------------------------------------------------------
+    @property
+    def f(self):
+        """The network, under the attribute name `.keras` files store it by: Keras's saving
+        walks a model's attributes in sorted order and files the network under the first
+        name that reaches it, which has been `f` since gloro-keras 0.1 (without this
+        property, files saved before could not be loaded). Use `network`."""
+        return self.network
+
     def load_own_variables(self, store):
         """Also loads files saved before the rounding terms existed (0.1.0): their bound
         cache is then marked invalid, so inference recomputes nothing it cannot trust."""

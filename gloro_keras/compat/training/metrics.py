@@ -1,17 +1,20 @@
 """The original gloro's metrics (`gloro.training.metrics`): each name a function of
 (labels, the m + 1 outputs), logged under that name. Integer and one-hot labels both work
 with every variant (`_sparse`, `_cat` are kept for gloro's names)."""
+import keras
+
 from gloro_keras import metrics as gk_metrics
 from gloro_keras.metrics import clean_accuracy, rejection_rate, verified_robust_accuracy
 
 
 def _named(fn, name):
-    """`fn` under gloro's metric `name` (Keras logs a metric function by its __name__)."""
+    """`fn` under gloro's metric `name` (Keras logs a metric function by its __name__),
+    registered so that a compiled model saved with it loads again."""
     def metric(y_true, y_pred):
         return fn(y_true, y_pred)
 
     metric.__name__ = metric.__qualname__ = name
-    return metric
+    return keras.saving.register_keras_serializable(package="gloro")(metric)
 
 
 clean_acc = _named(clean_accuracy, "clean_acc")
@@ -21,8 +24,8 @@ vra = _named(verified_robust_accuracy, "vra")
 vra_sparse = _named(verified_robust_accuracy, "vra_sparse")
 vra_cat = _named(verified_robust_accuracy, "vra_cat")
 
-_BY_NAME = {f.__name__: f for f in (clean_acc, clean_acc_sparse, clean_acc_cat, vra, vra_sparse, vra_cat,
-                                    rejection_rate)}
+# gloro's names that gloro-keras does not have; "clean_acc", "vra", "rejection_rate" are its own
+_BY_NAME = {f.__name__: f for f in (clean_acc_sparse, clean_acc_cat, vra_sparse, vra_cat)}
 
 
 def get(identifier):
