@@ -52,7 +52,7 @@ def test_readme_example_ports_by_changing_imports():
 def test_gloro_loss_names_resolve_in_compat_only(name, cls, lam):
     from gloro_keras.compat.training import losses
     loss = losses.get(name)
-    assert type(loss) is cls and (lam is None or loss.lam == lam)
+    assert isinstance(loss, cls) and (lam is None or loss.lam == lam)
     with pytest.raises(ValueError):  # gloro-keras's own getter: its own names only
         gk.losses.get(name)
 

@@ -322,7 +322,9 @@ def test_files_saved_by_gloro_keras_0_1_still_load():
     # saved by the code of commit 4b50d2e (before the gloro names moved to gloro_keras.compat)
     data = REPO / "tests" / "data"
     model = keras.saving.load_model(data / "gloro_keras_0_1_liresnet.keras")
-    expected = np.load(data / "gloro_keras_0_1_liresnet_expected.npz")
-    np.testing.assert_array_equal(model.predict_logits(expected["x"]), expected["logits"])
+    expected = np.load(data / "gloro_keras_0_1_liresnet_expected.npz")  # computed on TensorFlow
+    # the same weights: bit for bit on TensorFlow, within float32 rounding on another backend
+    tol = 0 if keras.backend.backend() == "tensorflow" else 1e-6
+    np.testing.assert_allclose(model.predict_logits(expected["x"]), expected["logits"], rtol=0, atol=tol)
     np.testing.assert_array_equal(model.certify(expected["x"]), expected["certify"])
     assert model.lipschitz_bound("sound") == pytest.approx(float(expected["k"]), rel=1e-12)
