@@ -173,10 +173,6 @@ class InvertibleDownsampling(_ConstantLayer, _InvertibleDownsampling):
 class Scaling(GloroLayer, _Scaling):
     """gloro's `Scaling(init=1.)`: `y = α·x`; `lipschitz()` = |α| (gloro returned α)."""
 
-    @property
-    def alpha_value(self):
-        return float(ops.convert_to_numpy(self.alpha))
-
     def lipschitz(self):
         return ops.abs(self.alpha)
 

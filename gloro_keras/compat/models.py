@@ -1,7 +1,6 @@
 """`GloroNet`: `GloroModel` under the original gloro's name, with its method names."""
 import json
 import os
-import shutil
 import tarfile
 import tempfile
 
@@ -129,16 +128,12 @@ class GloroNet(GloroModel):
             self.network.save(os.path.join(tmp, "f.keras"))
             with open(os.path.join(tmp, "config.json"), "w") as f:
                 json.dump({"epsilon": float(self.epsilon), "_lc_frozen": self.lc_frozen,
-                           "_hardcoded_lc": self.cached_bound, "class_name": type(self).__name__,
-                           **self._gloronet_config()}, f)
+                           "_hardcoded_lc": self.cached_bound}, f)
             partial = path + ".partial"
             with tarfile.open(partial, "w:gz") as tar:
                 for name in ("f.keras", "config.json"):
                     tar.add(os.path.join(tmp, name), arcname=name)
             os.replace(partial, path)
-
-    def _gloronet_config(self):
-        return {}
 
     @classmethod
     def load_model(cls, file_name, custom_objects=None, converge=True):
@@ -160,9 +155,7 @@ class GloroNet(GloroModel):
                 config = json.load(f)
             net_file = next(os.path.join(root, n) for n in ("f.keras", "f.h5") if os.path.exists(os.path.join(root, n)))
             network = keras.models.load_model(net_file, custom_objects=custom_objects, compile=False)
-            shutil.rmtree(tmp, ignore_errors=True)
-        extra = {k: v for k, v in config.items() if k not in ("epsilon", "_lc_frozen", "_hardcoded_lc", "class_name")}
-        model = cls(model=network, epsilon=config["epsilon"], **extra)
+        model = cls(model=network, epsilon=config["epsilon"])
         if config.get("_lc_frozen"):
             model.freeze_lc()  # recomputed from the weights, never read from the file
         elif converge:
