@@ -13,8 +13,10 @@ from gloro_keras.models import (
     GloroLiResNet,
     GloroModel,
     GloroResNet,
+    RelaxedGloroModel,
     liresnet_network,
 )
+from gloro_keras.ops.relaxations import Affinity, TopK
 from gloro_keras.train import (
     ConvergeBounds,
     EpsilonSchedule,
@@ -28,6 +30,7 @@ from gloro_keras.train import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "Affinity",
     "CertificationReport",
     "ConvergeBounds",
     "EpsilonSchedule",
@@ -44,6 +47,8 @@ __all__ = [
     "GloroLiResNet",
     "GloroModel",
     "GloroResNet",
+    "RelaxedGloroModel",
+    "TopK",
     "layers",
     "liresnet_network",
     "losses",

@@ -11,7 +11,8 @@ Every name of the original API lives here and only here; gloro-keras's own API
 meaning. Where this package deliberately differs from gloro (because gloro's behaviour was
 unsafe), the README's "Porting from gloro" section says so.
 """
-from gloro_keras.compat import layers, lc, models, training
+from gloro_keras.compat import layers, lc, models, relaxations, training
 from gloro_keras.compat.models import GloroNet
+from gloro_keras.compat.relaxations import AffinityGloroNet, RtkGloroNet
 
-__all__ = ["GloroNet", "layers", "lc", "models", "training"]
+__all__ = ["AffinityGloroNet", "GloroNet", "RtkGloroNet", "layers", "lc", "models", "relaxations", "training"]

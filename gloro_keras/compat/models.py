@@ -6,6 +6,7 @@ import tempfile
 
 import keras
 import numpy as np
+from keras import ops
 
 from gloro_keras.compat.training import losses as gloro_losses
 from gloro_keras.compat.training import metrics as gloro_metrics
@@ -63,7 +64,7 @@ class GloroNet(GloroModel):
         return self.network
 
     def lipschitz_constant(self, X=None, y=None, bound="sound"):
-        """Margin bounds K_ji as gloro laid them out.
+        """Margin bounds K_ji as gloro laid them out, as a float64 tensor (gloro returned tensors).
 
         Without X: the (m, m) matrix, row j the predicted class, −1 on the diagonal. With X
         (or logits y): (N, m), row n holding K_ji for the class j predicted for X[n], −1 where
@@ -71,21 +72,21 @@ class GloroNet(GloroModel):
         kmat = self.margin_bound_matrix(bound)
         if X is None and y is None:
             np.fill_diagonal(kmat, -1.0)
-            return kmat
+            return ops.convert_to_tensor(kmat)
         logits = np.asarray(y if y is not None else self.predict_logits(X), np.float64)
         rows = kmat[np.argmax(logits, axis=-1)]
         rows[logits == logits.max(axis=-1, keepdims=True)] = -1.0
-        return rows
+        return ops.convert_to_tensor(rows)
 
     @property
     def sub_lipschitz(self):
         """K, the product of the body's bounds: the cached bound when frozen, else the power
         estimate after one more training call's worth of iterations (as gloro read it)."""
         if self.lc_frozen:
-            return self.cached_bound
+            return ops.convert_to_tensor(self.cached_bound, "float32")
         for layer in self.bounded_layers:
             layer.power_estimate(training=True)
-        return self.lipschitz_bound("current")
+        return ops.convert_to_tensor(self.lipschitz_bound("current"), "float32")
 
     @property
     def lc_frozen(self):
@@ -128,7 +129,7 @@ class GloroNet(GloroModel):
             self.network.save(os.path.join(tmp, "f.keras"))
             with open(os.path.join(tmp, "config.json"), "w") as f:
                 json.dump({"epsilon": float(self.epsilon), "_lc_frozen": self.lc_frozen,
-                           "_hardcoded_lc": self.cached_bound}, f)
+                           "_hardcoded_lc": self.cached_bound, **self._gloronet_config()}, f)
             partial = path + ".partial"
             with tarfile.open(partial, "w:gz") as tar:
                 for name in ("f.keras", "config.json"):
@@ -155,12 +156,21 @@ class GloroNet(GloroModel):
                 config = json.load(f)
             net_file = next(os.path.join(root, n) for n in ("f.keras", "f.h5") if os.path.exists(os.path.join(root, n)))
             network = keras.models.load_model(net_file, custom_objects=custom_objects, compile=False)
-        model = cls(model=network, epsilon=config["epsilon"])
+        model = cls(model=network, epsilon=config["epsilon"], **cls._from_gloronet_config(config))
         if config.get("_lc_frozen"):
             model.freeze_lc()  # recomputed from the weights, never read from the file
         elif converge:
             model.run_lc_to_convergence()
         return model
+
+    def _gloronet_config(self):
+        """Keys a subclass adds to a `.gloronet` archive's config.json."""
+        return {}
+
+    @classmethod
+    def _from_gloronet_config(cls, config):
+        """Constructor keywords a subclass reads from a `.gloronet` config.json."""
+        return {}
 
     def predict_clean(self, x, batch_size=256, verbose=0):
         """The m logits of the network (`predict_logits`)."""

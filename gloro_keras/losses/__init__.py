@@ -5,7 +5,7 @@ import keras
 
 from gloro_keras.losses.emma import EMMA, emma_loss
 from gloro_keras.losses.gloro_crossentropy import GloroCrossentropy, gloro_crossentropy_loss
-from gloro_keras.losses.gloro_loss import LOSS_INPUTS, GloroLoss
+from gloro_keras.losses.gloro_loss import LOSS_INPUTS, GloroLoss, check_relaxation_support
 from gloro_keras.losses.trades import TRADES, trades_loss
 
 _TRADES_NAME = re.compile(r"^trades([._:](?P<lam>[0-9.eE+-]+))?$")
@@ -35,6 +35,7 @@ __all__ = [
     "GloroLoss",
     "LOSS_INPUTS",
     "TRADES",
+    "check_relaxation_support",
     "emma_loss",
     "get",
     "gloro_crossentropy_loss",

@@ -1,4 +1,6 @@
 """Base class of the GloRo training losses."""
+import copy
+
 import keras
 
 from gloro_keras.ops.labels import sparse_labels
@@ -21,6 +23,17 @@ class GloroLoss(keras.losses.Loss):
     """
 
     fn = None
+    # whether `fn` takes `relaxation=` (a `gloro_keras.ops.relaxations.Relaxation`): a
+    # `RelaxedGloroModel` compiles a copy of the loss with `relaxation` set (`with_relaxation`)
+    supports_relaxation = False
+    relaxation = None
+
+    def with_relaxation(self, relaxation):
+        """A shallow copy (variables shared) whose ⊥ is the relaxed one of `relaxation`."""
+        check_relaxation_support(self, relaxation)
+        loss = copy.copy(self)
+        loss.relaxation = relaxation
+        return loss
 
     def fn_kwargs(self):
         return {}
@@ -35,4 +48,15 @@ class GloroLoss(keras.losses.Loss):
             )
         logits = y_pred["logits"]
         labels = sparse_labels(y_true, logits.shape[-1])
-        return type(self).fn(labels, logits, y_pred["margin_bounds"], y_pred["epsilon"], **self.fn_kwargs())
+        kwargs = self.fn_kwargs()
+        if self.relaxation is not None:
+            kwargs["relaxation"] = self.relaxation
+        return type(self).fn(labels, logits, y_pred["margin_bounds"], y_pred["epsilon"], **kwargs)
+
+
+def check_relaxation_support(loss, relaxation):
+    """Raise if `loss` cannot train a model certifying `relaxation`."""
+    if not getattr(loss, "supports_relaxation", False):
+        raise ValueError(
+            f"The loss {getattr(loss, 'name', loss)!r} trains standard robustness; a model certifying "
+            f"{relaxation} trains with 'gloro_crossentropy' or 'trades' (their ⊥ is the relaxed one).")

@@ -3,21 +3,22 @@ import keras
 from keras import ops
 
 from gloro_keras.losses.gloro_loss import GloroLoss
-from gloro_keras.ops.margins import gloro_outputs
+from gloro_keras.ops.relaxations import outputs_with_bottom
 
 
 ROBUST_TERMS = ("kl", "crossentropy")
 
 
-def trades_loss(labels, logits, margin_bounds, epsilon, lam=1.0, robust="kl"):
+def trades_loss(labels, logits, margin_bounds, epsilon, lam=1.0, robust="kl", relaxation=None):
     """CE(clean logits, t) + λ·R(p, q): p = softmax of the m clean logits (0 on ⊥),
     q = softmax of the m + 1 GloRo outputs [y, y_⊥]; R = KL(p ‖ q) (`robust="kl"`) or the
-    cross-entropy −Σ p log q = KL(p ‖ q) + H(p) (`"crossentropy"`)."""
+    cross-entropy −Σ p log q = KL(p ‖ q) + H(p) (`"crossentropy"`). With a `relaxation`,
+    y_⊥ is the relaxed ⊥ (`gloro_keras.ops.relaxations`)."""
     if robust not in ROBUST_TERMS:
         raise ValueError(f"robust must be one of {ROBUST_TERMS}. Received: robust={robust!r}")
     ce = ops.sparse_categorical_crossentropy(labels, logits, from_logits=True)
     log_p = ops.log_softmax(logits, axis=-1)
-    log_q = ops.log_softmax(gloro_outputs(logits, margin_bounds, epsilon), axis=-1)[:, :-1]
+    log_q = ops.log_softmax(outputs_with_bottom(logits, margin_bounds, epsilon, relaxation), axis=-1)[:, :-1]
     p = ops.exp(log_p)
     term = ops.sum(p * (log_p - log_q), axis=-1) if robust == "kl" else -ops.sum(p * log_q, axis=-1)
     return ce + ops.cast(lam, term.dtype) * term
@@ -43,6 +44,7 @@ class TRADES(GloroLoss):
     """
 
     fn = staticmethod(trades_loss)
+    supports_relaxation = True
 
     def __init__(self, lam=1.0, robust="kl", name="trades", **kwargs):
         super().__init__(name=name, **kwargs)

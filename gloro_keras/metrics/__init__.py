@@ -1,4 +1,4 @@
-"""GloRo metrics: "clean_acc", "vra", "rejection_rate"."""
+"""GloRo metrics: "clean_acc", "vra", "rejection_rate"; "relaxed_vra", "top_k_clean_acc:K"."""
 from gloro_keras.metrics.gloro_metrics import (
     CleanAccuracy,
     RejectionRate,
@@ -9,6 +9,14 @@ from gloro_keras.metrics.gloro_metrics import (
     verified_robust_accuracy,
     vra,
 )
+from gloro_keras.metrics.relaxed_metrics import (
+    OutputColumns,
+    RelaxedVerifiedRobustAccuracy,
+    TopKCleanAccuracy,
+    needs_relaxed_outputs,
+    relaxed_verified_robust_accuracy,
+    top_k_clean_accuracy,
+)
 
 _BY_NAME = {
     "clean_acc": CleanAccuracy,
@@ -16,24 +24,34 @@ _BY_NAME = {
     "vra": VerifiedRobustAccuracy,
     "verified_robust_accuracy": VerifiedRobustAccuracy,
     "rejection_rate": RejectionRate,
+    "relaxed_vra": RelaxedVerifiedRobustAccuracy,
 }
 
 
 def get(identifier):
-    """Resolve a metric: a GloRo name above, else whatever `compile` accepts."""
+    """Resolve a metric: a GloRo name above or "top_k_clean_acc:K", else whatever `compile`
+    accepts."""
     if isinstance(identifier, str) and identifier.lower() in _BY_NAME:
         return _BY_NAME[identifier.lower()]()
+    if isinstance(identifier, str) and identifier.lower().startswith("top_k_clean_acc:"):
+        return TopKCleanAccuracy(int(identifier.split(":", 1)[1]))
     return identifier
 
 
 __all__ = [
     "CleanAccuracy",
+    "OutputColumns",
     "RejectionRate",
+    "RelaxedVerifiedRobustAccuracy",
+    "TopKCleanAccuracy",
     "VerifiedRobustAccuracy",
     "clean_acc",
     "clean_accuracy",
     "get",
+    "needs_relaxed_outputs",
     "rejection_rate",
+    "relaxed_verified_robust_accuracy",
+    "top_k_clean_accuracy",
     "verified_robust_accuracy",
     "vra",
 ]

@@ -11,6 +11,7 @@ from gloro_keras._compat import flatten_layers
 from gloro_keras import losses as gloro_losses
 from gloro_keras import metrics as gloro_metrics
 from gloro_keras.models import rounding
+from gloro_keras.models.bounded_network import with_bounded_layers
 from gloro_keras.models.converge_bounds import ConvergeBounds
 from gloro_keras.models.network_analysis import analyze, head_kernel, head_kernel_np
 from gloro_keras.ops.certificate import MarginCertificate
@@ -91,6 +92,11 @@ class GloroModel(keras.Model):
         GloroModel(inputs=x, outputs=y, epsilon=0.3)   # original gloro style; also
         GloroModel(x, y, epsilon=0.3), GloroModel(model=f, epsilon=0.3)
 
+    Plain Keras `Dense` / `Conv2D` layers in the body are accepted: `network` then holds a copy
+    of the given network in which they are `LipschitzDense` / `LipschitzConv2D` with the same
+    weights and function (`models.bounded_network`); train and save `model.network`, the
+    given model is left as it was.
+
     During `fit` every bounded layer runs its power iterations (persistent iterates) and
     the bound is differentiated through; `compile(loss="emma" | "gloro_crossentropy" |
     "trades", metrics=["clean_acc", "vra", "rejection_rate"])`. `epsilon` is the
@@ -159,6 +165,7 @@ class GloroModel(keras.Model):
             raise ValueError(f"GloroModel computes its bound and ⊥ in float32; got dtype={dtype!r}. "
                              "Use train_dtype='bfloat16' for mixed-precision training.")
         super().__init__(name=name, dtype="float32", **kwargs)
+        network = with_bounded_layers(network)  # plain Keras Dense / Conv2D → bounded twins
         self.train_dtype = _resolve_train_dtype(network, train_dtype)
         self._train_policy = "mixed_bfloat16" if self.train_dtype == "bfloat16" else "float32"
         self._policy_users = 0
@@ -307,10 +314,31 @@ class GloroModel(keras.Model):
         subset of what `certify` certifies with the same bound (a_ji is counted twice, to
         cover the float32 difference between this evaluation and certify's).
         """
+        logits, thr, rows = self._rounded_thresholds(inputs, lambda y: ops.argmax(y, axis=-1)[:, None])
+        onehot = ops.one_hot(rows[:, 0], self.num_classes)
+        y_bot = ops.max(ops.where(onehot > 0, float("-inf"), thr[:, 0, :]), axis=-1)
+        return self._guarded_outputs(logits, strict_bottom_logit(logits, y_bot))
+
+    @staticmethod
+    def _guarded_outputs(logits, y_bot):
+        """[logits, y_⊥] where a non-finite row is never certified (⊥ wins the argmax)."""
+        finite = ops.all(ops.isfinite(logits), axis=-1) & ops.isfinite(y_bot)
+        y_bot = ops.where(finite, y_bot, _BIG)
+        logits = ops.where(finite[:, None], logits, -_BIG)
+        return ops.concatenate([logits, y_bot[:, None]], axis=-1)
+
+    def _rounded_thresholds(self, inputs, rows_fn):
+        """(logits (B, m), thresholds (B, R, m), rows (B, R)) of an inference call.
+
+        rows = rows_fn(logits) are R classes j per input; thresholds[:, r, i] rounds upwards
+        y_i + ε·K_ji + 2·a_ji + b_ji·ε (j = rows[:, r]) with the float32 rounding terms, so j
+        beats i within the ε-ball for the network as it computes where y_j > threshold.
+        """
         an = self._rounding
         self._check_input_shape(inputs.shape)
         logits, cs, ch = an.terms(inputs)
         logits = ops.cast(logits, "float32")
+        rows = ops.cast(rows_fn(logits), "int32")
         w = ops.cast(head_kernel(self._plan.head), "float32")
         dist = pairwise_distances_upper(w)
         kmat = self.body_bound(False) * dist
@@ -320,26 +348,19 @@ class GloroModel(keras.Model):
         head = an.head
         n = ops.sqrt(ops.sum(ops.square(ops.abs(w)), axis=0)) * ((1.0 + head.tau) * (1.0 + rounding.gamma(head.fan_in + 4, rounding.U32)))
         eta = (2 * head.fan_in + 3 + head.fan_in * ops.max(ops.abs(w)) * (1.0 + head.tau)) * rounding.TINY32
-        m = self.num_classes
-        j = ops.argmax(logits, axis=-1)
-        onehot = ops.one_hot(j, m)
-        cj = ops.sum(ch * onehot, axis=-1, keepdims=True)
-        nj = ops.take(n, j)[:, None]
-        dj = ops.take(dist, j, axis=0)
-        kj = ops.take(kmat, j, axis=0)
-        al, be = alpha[:, None], beta[:, None]
-        a = 2.0 * al * dj + 2.0 * head.g * (ch + cj) + 4.0 * eta + 4.0 * head.g * al * (n[None, :] + nj)
-        b = be * dj + head.g * (n[None, :] + nj) * (lip + be)
+        cj = ops.take_along_axis(ch, rows, axis=-1)[:, :, None]
+        nj = ops.take(n, rows)[:, :, None]
+        dj = ops.take(dist, rows, axis=0)
+        kj = ops.take(kmat, rows, axis=0)
+        al, be = alpha[:, None, None], beta[:, None, None]
+        chi, ni = ch[:, None, :], n[None, None, :]
+        a = 2.0 * al * dj + 2.0 * head.g * (chi + cj) + 4.0 * eta + 4.0 * head.g * al * (ni + nj)
+        b = be * dj + head.g * (ni + nj) * (lip + be)
         u = rounding.U32
         c = (eps * kj + (2.0 * a + b * eps) * an.graph_inflation) * (1.0 + 8 * u)
-        thr = logits + c
-        thr = thr + 4 * u * (ops.abs(logits) + c) + 2.0 ** -120
-        y_bot = ops.max(ops.where(onehot > 0, float("-inf"), thr), axis=-1)
-        y_bot = strict_bottom_logit(logits, y_bot)
-        finite = ops.all(ops.isfinite(logits), axis=-1) & ops.isfinite(y_bot)
-        y_bot = ops.where(finite, y_bot, _BIG)
-        logits = ops.where(finite[:, None], logits, -_BIG)
-        return ops.concatenate([logits, y_bot[:, None]], axis=-1)
+        thr = logits[:, None, :] + c
+        thr = thr + 4 * u * (ops.abs(logits[:, None, :]) + c) + 2.0 ** -120
+        return logits, thr, rows
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], self.num_classes + 1)
@@ -367,6 +388,10 @@ class GloroModel(keras.Model):
         loss = gloro_losses.get(loss) if loss is not None else None
         if metrics is not None:
             metrics = [gloro_metrics.get(m) for m in metrics]
+            relaxed = [getattr(m, "name", m) for m in metrics if gloro_metrics.needs_relaxed_outputs(m)]
+            if relaxed and getattr(self, "relaxation", None) is None:
+                raise ValueError(f"The metrics {relaxed} measure relaxed robustness; compile them on a "
+                                 "RelaxedGloroModel (relaxation='topk:K' or 'affinity:...').")
         if jit_compile is None:
             jit_compile = False if keras.backend.backend() == "tensorflow" else "auto"
         gloro = isinstance(loss, gloro_losses.GloroLoss)
@@ -412,8 +437,10 @@ class GloroModel(keras.Model):
                                                sample_weight=sample_weight, training=training)
         return loss
 
+    _metric_outputs = _outputs
+
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
-        return super().compute_metrics(x, y, self._outputs(y_pred), sample_weight=sample_weight)
+        return super().compute_metrics(x, y, self._metric_outputs(y_pred), sample_weight=sample_weight)
 
     def _check_labels(self, y):
         if y is None or not hasattr(y, "shape") or not hasattr(y, "dtype"):
@@ -584,7 +611,7 @@ class GloroModel(keras.Model):
             object.__setattr__(self, "_twin", (key, twin, plan, analysis, _RoundingProbe(twin, analysis), {}))
         return self._twin[1]
 
-    def _float64_certificate(self, x, bound, batch_size):
+    def _float64_certificate_inputs(self, x, bound, batch_size):
         if bound != "sound":
             raise ValueError(f"arithmetic='float64' certifies with the sound bound only; got bound={bound!r}")
         self.float64_network()
@@ -594,7 +621,6 @@ class GloroModel(keras.Model):
             if id(layer) not in cache:
                 cache[id(layer)] = float(layer.sound_bound())
             return cache[id(layer)]
-
 
         from threadpoolctl import threadpool_limits
 
@@ -608,8 +634,7 @@ class GloroModel(keras.Model):
         logits, cs, ch = out[:, :m], out[:, m:-m], out[:, -m:]
         w_ref = head_kernel_np(plan.head)
         dist = pairwise_distances_np(w_ref)
-        a, b = rounding.error_terms_np(an, list(cs.T), ch, params, w_ref, dist, predicted_class(logits))
-        return MarginCertificate.build(logits, k * dist, a, b)
+        return logits, k * dist, lambda rows: rounding.error_terms_np(an, list(cs.T), ch, params, w_ref, dist, rows)
 
     def margin_certificate(self, x, bound="sound", arithmetic="float32", batch_size=256):
         """Everything `certify` and `certified_radius` need, as a `MarginCertificate`.
@@ -619,18 +644,26 @@ class GloroModel(keras.Model):
         ε·K_ji plus the rounding terms of `gloro_keras.models.rounding`. "exact": the
         published convention (exact arithmetic, rounding ignored), for comparison only.
         """
+        logits, kmat, error_terms = self._certificate_inputs(x, bound, arithmetic, batch_size)
+        a, b = error_terms(predicted_class(logits)) if error_terms is not None and len(logits) else (None, None)
+        return MarginCertificate.build(logits, kmat, a, b)
+
+    def _certificate_inputs(self, x, bound, arithmetic, batch_size):
+        """(logits (N, m) float64, margin bounds K (m, m), error_terms) of a certificate, where
+        error_terms(rows) gives the rounding terms (a, b) (N, m) of class rows[n] against
+        every class (None in exact arithmetic)."""
         if arithmetic not in ARITHMETICS:
             raise ValueError(f"arithmetic must be one of {ARITHMETICS}; got {arithmetic!r}")
         if bound not in BOUNDS:
             raise ValueError(f"bound must be one of {BOUNDS}; got {bound!r}")
         x = self._check_inputs(x)
         if len(x) == 0:
-            return MarginCertificate.build(np.zeros((0, self.num_classes)), self.margin_bound_matrix(bound))
+            return np.zeros((0, self.num_classes)), self.margin_bound_matrix(bound), None
         if arithmetic == "float64":
-            return self._float64_certificate(x, bound, batch_size)
+            return self._float64_certificate_inputs(x, bound, batch_size)
         kmat = self.margin_bound_matrix(bound)
         if arithmetic == "exact":
-            return MarginCertificate.build(self.predict_logits(x, batch_size), kmat)
+            return self.predict_logits(x, batch_size), kmat, None
         an = self._rounding
         if an is None:
             raise ValueError(f"Cannot certify the float32 network: {self._rounding_unsupported}")
@@ -640,9 +673,8 @@ class GloroModel(keras.Model):
         m = self.num_classes
         logits, cs, ch = out[:, :m], out[:, m:-m], out[:, -m:]
         w_ref = head_kernel_np(self._plan.head)
-        pred = predicted_class(logits)
-        a, b = rounding.error_terms_np(an, list(cs.T), ch, params, w_ref, pairwise_distances_np(w_ref), pred)
-        return MarginCertificate.build(logits, kmat, a, b)
+        dist = pairwise_distances_np(w_ref)
+        return logits, kmat, lambda rows: rounding.error_terms_np(an, list(cs.T), ch, params, w_ref, dist, rows)
 
     def certify(self, x, epsilon=None, bound="sound", batch_size=256, arithmetic="float32"):
         """Certified class per input, or `num_classes` (⊥) where robustness at `epsilon`

@@ -5,6 +5,7 @@ import keras
 
 from gloro_keras.layers import LipschitzConv2D, LipschitzDense, LiResNetBlock, LLNDense, MinMax, ResNetBlock
 from gloro_keras.models.gloro_model import GloroModel
+from gloro_keras.models.relaxed_gloro_model import RelaxedGloroModel
 
 BLOCKS = ("liresnet", "convnet", "resnet")
 
@@ -99,6 +100,7 @@ def GloroLiResNet(
     name=None,
     block="liresnet",
     train_dtype=None,
+    relaxation=None,
 ):
     """A GloRo LiResNet (Hu et al., 2023): `L` linear residual blocks of width `W`.
 
@@ -107,11 +109,15 @@ def GloroLiResNet(
     >>> model.compile(optimizer="adamw", loss="emma", metrics=["clean_acc", "vra"])
 
     `train_dtype="bfloat16"` trains in mixed precision; bounds and inference stay float32
-    (see `GloroModel`).
+    (see `GloroModel`). `relaxation="topk:K"` or `"affinity:[..][..]"` gives a
+    `RelaxedGloroModel` (relaxed top-K or affinity robustness).
     """
     network = liresnet_network(L, W, num_classes, input_shape, block, dense_width, power_iterations)
-    return GloroModel(network, epsilon=epsilon, bound_gradient=bound_gradient, train_dtype=train_dtype,
-                      name=name or f"gloro_{network.name}")
+    kwargs = dict(epsilon=epsilon, bound_gradient=bound_gradient, train_dtype=train_dtype,
+                  name=name or f"gloro_{network.name}")
+    if relaxation is not None:
+        return RelaxedGloroModel(network, relaxation=relaxation, **kwargs)
+    return GloroModel(network, **kwargs)
 
 
 def GloroConvNet(L=6, W=128, num_classes=10, input_shape=(32, 32, 3), epsilon=36 / 255, **kwargs):

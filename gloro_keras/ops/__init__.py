@@ -3,7 +3,7 @@ precision. Imports only Keras and NumPy; every other gloro_keras module may impo
 
     from gloro_keras.ops import bottom_logit, check_epsilon, MarginCertificate
 """
-from gloro_keras.ops.certificate import MarginCertificate, certified_radius_np, certify_np
+from gloro_keras.ops.certificate import MarginCertificate, certified_radius_np, certify_np, margin_slack_rate
 from gloro_keras.ops.conv import conv_kernel_vjp
 from gloro_keras.ops.epsilon import check_epsilon
 from gloro_keras.ops.labels import finite_argmax, predicted_class, sparse_labels
@@ -25,11 +25,13 @@ from gloro_keras.ops.precision import (
     float64_available,
     full_precision_kernels,
 )
+from gloro_keras.ops.relaxations import Affinity, Relaxation, RelaxedCertificate, TopK
 
 __all__ = [
-    "FLOAT64_SAFETY", "MarginCertificate", "TINY", "accumulate_float64", "affine", "as_pair", "bottom_logit",
-    "certified_radius_np", "certify_np", "check_epsilon", "conv_kernel_vjp", "explicit_padding",
-    "finite_argmax", "float64_available", "full_precision_kernels", "gloro_outputs",
-    "l2_normalize", "label_lift", "normalize_padding", "pairwise_distances", "pairwise_distances_np",
-    "pairwise_distances_upper", "predicted_class", "safe_norm", "sparse_labels", "strict_bottom_logit",
+    "Affinity", "FLOAT64_SAFETY", "MarginCertificate", "Relaxation", "RelaxedCertificate", "TINY", "TopK",
+    "accumulate_float64", "affine", "as_pair", "bottom_logit", "certified_radius_np", "certify_np", "check_epsilon",
+    "conv_kernel_vjp", "explicit_padding", "finite_argmax", "float64_available", "full_precision_kernels",
+    "gloro_outputs", "l2_normalize", "label_lift", "margin_slack_rate", "normalize_padding", "pairwise_distances",
+    "pairwise_distances_np", "pairwise_distances_upper", "predicted_class", "safe_norm", "sparse_labels",
+    "strict_bottom_logit",
 ]

@@ -11,6 +11,24 @@ _REL = 1e-12
 _ABS = 1e-300
 
 
+def margin_slack_rate(logits, rows, margin_bounds, a=None, b=None):
+    """(slack, rate) (N, m) of class `rows[n]` against every class i, float64:
+
+        slack_i = ŷ_j − ŷ_i − a_ji,   rate_i = K_ji + b_ji   (j = rows[n]),
+
+    so j beats i throughout the ε-ball iff slack_i > ε·rate_i; each rounded towards "not
+    certified". `logits` must be finite (see `finite_argmax`)."""
+    logits = np.asarray(logits, dtype=np.float64)
+    n = np.arange(len(rows))
+    a = 0.0 if a is None else np.asarray(a, dtype=np.float64)
+    b = 0.0 if b is None else np.asarray(b, dtype=np.float64)
+    with np.errstate(invalid="ignore", over="ignore"):
+        gap = logits[n, rows][:, None] - logits  # exact, or within 2⁻⁵³ of itself
+        slack = gap * (1.0 - _REL) - a * (1.0 + _REL) - _ABS
+        rate = (np.asarray(margin_bounds)[rows] + b) * (1.0 + _REL)
+    return slack, rate
+
+
 @dataclasses.dataclass
 class MarginCertificate:
     """Per input, what certification needs: the predicted class j and, for every class i,
@@ -37,16 +55,10 @@ class MarginCertificate:
     @classmethod
     def build(cls, logits, margin_bounds, a=None, b=None):
         safe, finite, j = finite_argmax(logits)
+        slack, rate = margin_slack_rate(safe, j, margin_bounds, a, b)
+        own = np.arange(safe.shape[1])[None, :] == j[:, None]
+        valid = finite & np.all(np.isfinite(slack) | own, axis=-1) & np.all(np.isfinite(rate), axis=-1)
         rows = np.arange(len(j))
-        top = safe[rows, j][:, None]
-        a = 0.0 if a is None else np.asarray(a, dtype=np.float64)
-        b = 0.0 if b is None else np.asarray(b, dtype=np.float64)
-        with np.errstate(invalid="ignore", over="ignore"):
-            gap = top - safe  # exact, or within 2⁻⁵³ of itself
-            slack = gap * (1.0 - _REL) - a * (1.0 + _REL) - _ABS
-            rate = (margin_bounds[j] + b) * (1.0 + _REL)
-        valid = finite & np.all(np.isfinite(slack) | (np.arange(safe.shape[1])[None, :] == j[:, None]), axis=-1)
-        valid &= np.all(np.isfinite(rate), axis=-1)
         slack[rows, j] = np.inf
         rate[rows, j] = 0.0
         return cls(np.asarray(logits, dtype=np.float64), j, slack, rate, valid)
