@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import gloro_keras as gk
+from conftest import explicit_matrix, spectral_norm
 
 
 def test_readme_example_ports_by_changing_imports():
@@ -33,6 +34,8 @@ def test_readme_example_ports_by_changing_imports():
     gloronet.fit(X, Y, epochs=1, batch_size=16, verbose=0)
     gloronet.refresh_iterates()
     k = gloronet.lipschitz_constant(bound="power")
+    assert hasattr(k, "numpy")  # a tensor, as gloro's (its tests call .numpy())
+    k = np.asarray(k)
     np.testing.assert_allclose(k[~np.eye(3, dtype=bool)],
                                gloronet.margin_bound_matrix("power")[~np.eye(3, dtype=bool)], rtol=1e-5)
     assert np.all(np.diag(k) == -1) and np.all(k[~np.eye(3, dtype=bool)] > 0)
@@ -100,7 +103,7 @@ def test_layer_lipschitz_of_known_constants():
     for strategy in (PowerMethod(100), "eigh", Eigh()):
         dense = _built(G.Dense(32, kernel_initializer="orthogonal", lc_strategy=strategy), (32,))
         assert float(dense.lipschitz()) == pytest.approx(1.0, rel=1e-5)
-    assert G.AveragePooling2D(2).lipschitz() == pytest.approx(0.5)
+    assert G.AveragePooling2D(2).lipschitz().numpy() == pytest.approx(0.5)
     for init in (4.0, -4.0):
         assert float(_built(G.Scaling(init), (32,)).lipschitz()) == pytest.approx(4.0)
     with pytest.raises(ValueError, match="Eigh only supports 2D"):
@@ -157,9 +160,9 @@ def test_model_lipschitz_constants():
     z = G.MinMax()(G.Dense(32, kernel_initializer="orthogonal", lc_strategy="eigh")(x))
     z = G.MinMax()(G.Dense(32, kernel_initializer="orthogonal", lc_strategy="eigh")(z))
     g = GloroNet(x, G.Dense(4, kernel_initializer="orthogonal", lc_strategy="eigh")(z), 1.0)
-    assert g.sub_lipschitz == pytest.approx(1.0, rel=1e-5)
+    assert g.sub_lipschitz.numpy() == pytest.approx(1.0, rel=1e-5)
     X = np.random.default_rng(0).standard_normal((8, 32)).astype("float32")
-    lc = g.lipschitz_constant(X)
+    lc = g.lipschitz_constant(X).numpy()
     assert lc.shape == (8, 4) and np.all((lc == -1).sum(axis=1) == 1)
     assert np.all(_margin_jacobian_norms(g, X) <= np.maximum(lc, 0) + 1e-6)
 
@@ -171,7 +174,7 @@ def test_model_lipschitz_constants():
     z = G.MinMax()(G.Dense(16, lc_strategy=shared)(G.Flatten()(z)))
     g = GloroNet(x, G.Dense(4, lc_strategy=shared)(z), 1.0)
     X = np.random.default_rng(1).standard_normal((8, 16, 16, 8)).astype("float32")
-    assert np.all(_margin_jacobian_norms(g, X) <= np.maximum(g.lipschitz_constant(X), 0) + 1e-6)
+    assert np.all(_margin_jacobian_norms(g, X) <= np.maximum(np.asarray(g.lipschitz_constant(X)), 0) + 1e-6)
 
 
 def _two_moons(n, noise, seed):
@@ -194,7 +197,7 @@ def test_train_two_moons_and_gloronet_round_trip(tmp_path):
     g.fit(X, Y, epochs=5, batch_size=8, verbose=0)
     loss, vra, clean = g.evaluate(X, Y, batch_size=8, verbose=0)
     assert vra <= clean and vra > 0.75
-    assert np.all(_margin_jacobian_norms(g, X[:20]) <= np.maximum(g.lipschitz_constant(X[:20]), 0) + 1e-6)
+    assert np.all(_margin_jacobian_norms(g, X[:20]) <= np.maximum(np.asarray(g.lipschitz_constant(X[:20])), 0) + 1e-6)
     g.save(str(tmp_path / "model.gloronet"))
     loaded = GloroNet.load_model(str(tmp_path / "model.gloronet"))
     loaded.compile(loss="sparse_crossentropy", optimizer="adam", metrics=["vra", "clean_acc"])
@@ -285,3 +288,42 @@ def test_gloro_schedulers_move_epsilon_lambda_and_lr():
     assert loss.lam == pytest.approx(lam[-1])
     with pytest.raises(ValueError, match="invalid schedule string"):
         EpsilonScheduler("[bogus")
+
+
+def test_plain_keras_dense_and_conv2d_are_bounded(tmp_path):
+    # gloro bounded native Keras Dense / Conv2D by power iteration; so does GloroModel now
+    x = keras.Input((8, 8, 2))
+    z = keras.layers.Conv2D(6, 3, strides=2, padding="same", name="conv")(x)
+    z = gk.layers.MinMax()(z)
+    z = keras.layers.AveragePooling2D(3, strides=1, name="pool")(z)  # overlapping windows
+    z = keras.layers.Flatten()(z)
+    z = keras.layers.Dense(12, activation="relu", name="fc")(z)
+    y = keras.layers.Dense(3, name="head")(z)
+    f = keras.Model(x, y)
+    model = gk.GloroModel(f, epsilon=0.1)
+    xs = np.random.default_rng(0).random((16, 8, 8, 2), dtype="float32")
+    np.testing.assert_allclose(model.predict_logits(xs), f.predict(xs, verbose=0), rtol=1e-5, atol=1e-6)
+    names = [type(l).__name__ for l in model.bounded_layers]
+    assert names == ["LipschitzConv2D", "LipschitzDense"]
+    # the sound bound of each replaced layer covers its exact spectral norm
+    conv, fc = f.get_layer("conv"), f.get_layer("fc")
+    exact_conv = spectral_norm(explicit_matrix(lambda v: keras.ops.conv(v, conv.kernel, strides=2, padding="same"),
+                                               (8, 8, 2)))
+    exact_fc = float(np.linalg.norm(np.asarray(fc.kernel), 2))
+    bounds = [float(l.sound_bound()) for l in model.bounded_layers]
+    assert exact_conv <= bounds[0] <= exact_conv * 1.05 and exact_fc <= bounds[1] <= exact_fc * 1.05
+    from gloro_keras.compat.lc import LipschitzComputationStrategy
+    assert exact_conv <= LipschitzComputationStrategy.for_layer(conv)() <= exact_conv * 1.05
+    # overlapping average pooling: √(⌈3/1⌉²/9) = 1 covers its norm
+    pool = keras.layers.AveragePooling2D(3, strides=1)
+    exact_pool = spectral_norm(explicit_matrix(pool, (4, 4, 1)))
+    assert exact_pool <= gk.models.network_analysis.constant_lipschitz(pool) == 1.0
+    # it trains, certifies soundly against float64 re-evaluation, and saves
+    model.compile(optimizer="adam", loss="emma", metrics=["vra"])
+    ys = np.arange(16) % 3
+    model.fit(xs, ys, epochs=2, batch_size=8, verbose=0)
+    assert not np.allclose(np.asarray(model.network.get_layer("fc").get_layer("fc_bounded").kernel), np.asarray(fc.kernel))
+    radius = model.certified_radius(xs)
+    path = str(tmp_path / "plain.keras")
+    model.save(path)
+    np.testing.assert_array_equal(keras.models.load_model(path).certified_radius(xs), radius)

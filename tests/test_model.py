@@ -75,10 +75,14 @@ def test_constructor_forms():
 
 def test_unsupported_layers_are_errors_naming_the_layer():
     x = keras.Input((6,))
-    z = keras.layers.Dense(8, name="plain_dense")(x)
-    y = LLNDense(3)(MinMax()(z))
-    with pytest.raises(ValueError, match="plain_dense.*gloro_keras.layers.LipschitzDense"):
+    z = keras.layers.Reshape((6, 1))(x)
+    z = keras.layers.Conv1D(4, 3, name="plain_conv1d")(z)
+    y = LLNDense(3)(keras.layers.Flatten()(z))
+    with pytest.raises(ValueError, match="plain_conv1d"):
         gk.GloroModel(x, y, epsilon=0.1)
+    z = keras.layers.Conv2D(4, 3, dilation_rate=2, padding="same", name="dilated")(keras.layers.Reshape((3, 2, 1))(x))
+    with pytest.raises(ValueError, match="'dilated'.*undilated"):
+        gk.GloroModel(x, LLNDense(3)(keras.layers.Flatten()(z)), epsilon=0.1)
     z = keras.layers.BatchNormalization(name="bn")(gk.layers.LipschitzDense(8)(x))
     with pytest.raises(ValueError, match="'bn'"):
         gk.GloroModel(x, LLNDense(3)(z), epsilon=0.1)

@@ -129,20 +129,23 @@ class LiResNetBlock(_StrategyLayer, _LiResNetBlock):
 
 class _ConstantLayer(GloroLayer):
     def lipschitz(self):
+        """The layer's fixed Lipschitz constant, as a scalar tensor (as gloro's layers gave it)."""
         constant = constant_lipschitz(self)
         if constant is None:
             raise ValueError(f"No Lipschitz bound is known for '{self.name}' with this configuration.")
-        return constant
+        return ops.convert_to_tensor(constant, "float32")
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class AveragePooling2D(_ConstantLayer, keras.layers.AveragePooling2D):
-    """keras `AveragePooling2D` with `lipschitz()` (1/√(p₀p₁) for non-overlapping windows)."""
+    """keras `AveragePooling2D` with `lipschitz()`: √(⌈p₀/s₀⌉⌈p₁/s₁⌉/(p₀p₁)) for 'valid' pooling
+    (1/√(p₀p₁) for non-overlapping windows), a sound bound where gloro estimated by power iteration."""
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class MaxPooling2D(_ConstantLayer, keras.layers.MaxPooling2D):
-    """keras `MaxPooling2D` with `lipschitz()` (1 for non-overlapping windows)."""
+    """keras `MaxPooling2D` with `lipschitz()`: √(⌈p₀/s₀⌉⌈p₁/s₁⌉) for 'valid' pooling (1 for
+    non-overlapping windows)."""
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)

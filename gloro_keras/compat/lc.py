@@ -14,6 +14,7 @@ import keras
 from keras import ops
 
 from gloro_keras.layers import BoundedLayer
+from gloro_keras.models.bounded_network import bounded_twin, is_plain_linear
 from gloro_keras.models.network_analysis import constant_lipschitz
 
 
@@ -34,7 +35,8 @@ class LipschitzComputationStrategy(abc.ABC):
     @staticmethod
     def for_layer(layer):
         """A zero-argument callable giving `layer`'s Lipschitz constant (gloro's `for_layer`):
-        `layer.lipschitz` for gloro layers, the power estimate of a bounded layer, the fixed
+        `layer.lipschitz` for gloro layers, the power estimate of a bounded layer, the sound
+        bound of a native Keras Dense / Conv2D kernel (gloro: power iteration), the fixed
         constant of a parameter-free one. A layer with no known bound is an error (gloro
         silently used 1)."""
         if hasattr(layer, "lipschitz"):
@@ -43,6 +45,15 @@ class LipschitzComputationStrategy(abc.ABC):
             return lambda: layer.power_estimate(training=False)
         if isinstance(layer, keras.layers.InputLayer):
             return lambda: 1.0
+        if is_plain_linear(layer):  # native Keras Dense / Conv2D: the sound bound of its kernel
+            twin = bounded_twin(layer)
+            twin.build(layer.input.shape)
+
+            def bound():
+                twin.kernel.assign(layer.kernel)
+                return float(twin.sound_bound())
+
+            return bound
         constant = constant_lipschitz(layer)
         if constant is None:
             raise ValueError(f"No Lipschitz bound is known for layer '{layer.name}' ({type(layer).__name__}).")

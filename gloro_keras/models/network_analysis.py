@@ -31,7 +31,7 @@ def _is_model(layer):
     return isinstance(layer, keras.Model)
 
 
-def _chain(model):
+def chain_layers(model):
     """The layers of a single-input, single-output, non-branching model, in order."""
     if isinstance(model, keras.Sequential):
         layers = list(model.layers)
@@ -75,7 +75,7 @@ def _chain(model):
     flat = []
     for layer in layers:
         if _is_model(layer):
-            flat.extend(_chain(layer))
+            flat.extend(chain_layers(layer))
         elif not isinstance(layer, keras.layers.InputLayer):
             flat.append(layer)
     return flat
@@ -86,6 +86,15 @@ def _activation_name(layer):
     if act is None:
         return "linear"
     return getattr(act, "__name__", str(act))
+
+
+def pooling_overlap(layer):
+    """How many pooling windows of a 'valid' 2-D pooling layer one input can fall in, at most:
+    ⌈p_h/s_h⌉·⌈p_w/s_w⌉ (1 when the windows do not overlap); None for padded pooling."""
+    if layer.padding != "valid":
+        return None
+    (ph, pw), (sh, sw) = tuple(layer.pool_size), tuple(layer.strides)
+    return math.ceil(ph / sh) * math.ceil(pw / sw)
 
 
 def constant_lipschitz(layer):
@@ -105,11 +114,14 @@ def constant_lipschitz(layer):
     if isinstance(layer, L.Activation) and _activation_name(layer) in ("linear", "relu", "tanh", "sigmoid"):
         return 0.25 if _activation_name(layer) == "sigmoid" else 1.0
     if isinstance(layer, (L.AveragePooling2D, L.MaxPooling2D)):
-        if tuple(layer.pool_size) != tuple(layer.strides) or layer.padding != "valid":
-            return None  # overlapping or padded pooling: not handled
+        # ‖A‖₂ ≤ √(‖A‖₁‖A‖∞): each output reads a window (∞-norm 1 for the mean, one input for
+        # the max), each input is in at most `overlap` windows
+        overlap = pooling_overlap(layer)
+        if overlap is None:
+            return None  # padded pooling: the mean's divisor varies at the border
         if isinstance(layer, L.MaxPooling2D):
-            return 1.0
-        return 1.0 / math.sqrt(layer.pool_size[0] * layer.pool_size[1])
+            return math.sqrt(overlap)
+        return math.sqrt(overlap / (layer.pool_size[0] * layer.pool_size[1]))
     if isinstance(layer, L.GlobalAveragePooling2D):
         h, w = layer.input.shape[1:3]
         return 1.0 / math.sqrt(h * w)
@@ -143,7 +155,7 @@ def analyze(network):
             f"The network '{network.name}' is not built; give it an Input (functional API or "
             f"Sequential([keras.Input(shape), ...]))."
         )
-    layers = _chain(network)
+    layers = chain_layers(network)
     if not layers:
         raise ValueError("The network has no layers.")
     head, body = layers[-1], layers[:-1]

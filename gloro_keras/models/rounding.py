@@ -43,6 +43,7 @@ from gloro_keras.layers import (
     ResNetBlock,
     Scaling,
 )
+from gloro_keras.models.network_analysis import pooling_overlap
 from gloro_keras.ops.precision import accumulate_float64
 
 U32 = 2.0 ** -24  # unit roundoff of float32, round to nearest
@@ -349,12 +350,13 @@ def _step_for(layer, u, tiny):
                        norms=lambda value: (smax, smax, smax))
     if isinstance(layer, (L.AveragePooling2D, L.GlobalAveragePooling2D)):
         if isinstance(layer, L.AveragePooling2D):
-            if tuple(layer.pool_size) != tuple(layer.strides) or layer.padding != "valid":
-                raise UnsupportedLayerError(f"Layer '{layer.name}': overlapping or padded average pooling has no rounding model.")
+            if pooling_overlap(layer) is None:
+                raise UnsupportedLayerError(f"Layer '{layer.name}': padded average pooling has no rounding model.")
             pool = int(np.prod(layer.pool_size))
+            lip = math.sqrt(pooling_overlap(layer) / pool)
         else:
             pool = int(np.prod(layer.input.shape[1:3]))
-        lip = 1.0 / math.sqrt(pool)
+            lip = 1.0 / math.sqrt(pool)
         # a sum of `pool` terms, then one division (or a product with a rounded 1/pool)
         return _Linear(layer, pool + 2, out_numel, u, tiny, abs_fn=lambda h_abs: layer(h_abs),
                        norms=lambda value: (lip, lip, 1.0 / pool))
@@ -368,9 +370,9 @@ def _step_for(layer, u, tiny):
     if isinstance(layer, (MinMax, InvertibleDownsampling, L.Flatten, L.Reshape, L.Permute, L.Identity, L.ZeroPadding2D, L.Cropping2D)):
         return _Exact(layer, 1.0)
     if isinstance(layer, L.MaxPooling2D):
-        if tuple(layer.pool_size) != tuple(layer.strides) or layer.padding != "valid":
-            raise UnsupportedLayerError(f"Layer '{layer.name}': overlapping or padded max pooling is not supported.")
-        return _Exact(layer, 1.0)
+        if pooling_overlap(layer) is None:
+            raise UnsupportedLayerError(f"Layer '{layer.name}': padded max pooling is not supported.")
+        return _Exact(layer, math.sqrt(pooling_overlap(layer)))
     if isinstance(layer, L.ReLU):
         if (layer.max_value is None or np.isinf(float(layer.max_value))) and not float(layer.negative_slope) and not float(layer.threshold):
             return _Exact(layer, 1.0)
