@@ -355,3 +355,27 @@ def test_bad_image_files_are_named_before_or_while_training(tmp_path):
 def test_a_non_finite_epsilon_is_refused_before_any_data_is_read(value):
     with pytest.raises(train_config.ConfigError, match=f"--epsilon must be finite and >= 0. Received: --epsilon={value}"):
         parse([f"--epsilon={value}", "--dataset=/nonexistent.npz"])
+
+
+def test_relaxation_flag_trains_and_certifies_relaxed_robustness(tmp_path):
+    with pytest.raises(train_config.ConfigError, match="--loss=emma trains standard robustness"):
+        parse(["--dataset=quickstart", "--loss=emma", "--relaxation=topk:2"])
+    with pytest.raises(train_config.ConfigError, match="--relaxation: A relaxation is 'topk:K'"):
+        parse(["--dataset=quickstart", "--relaxation=top2"])
+    cfg = parse(["--dataset=quickstart", "--relaxation=topk:2"])
+    assert cfg["loss"] == "gloro_crossentropy" and any("gloro_crossentropy" in n for n in cfg["notes"])
+    with pytest.raises(train_config.ConfigError, match=r"k must be in \[1, 9\]"):
+        train_script.build_model(dict(cfg, relaxation="topk:10"), 10, (28, 28, 1))
+
+    model_dir = tmp_path / "top3"
+    r = run("gloro_keras.cli.train", ["--preset=quickstart", f"--model_dir={model_dir}", "--relaxation=topk:3", *TINY])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "relaxed VRA" in r.stdout
+    model = keras.saving.load_model(model_dir / "model.keras")
+    assert isinstance(model, gk.RelaxedGloroModel) and str(model.relaxation) == "topk:3"
+    report, r = _certify(model_dir)
+    assert report["relaxation"] == "topk:3" and "relaxed VRA" in r.stdout
+    assert sum(report["certified_k_histogram"].values()) == report["num_examples"] == 200
+    assert report["vra"] <= report["relaxed_vra"]
+    assert report["certified_k_histogram"]["0"] <= round(200 * report["rejection_rate"])
+    assert open(report["files"]["certified_k_histogram_png"], "rb").read(8) == b"\x89PNG\r\n\x1a\n"

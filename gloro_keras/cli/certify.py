@@ -22,6 +22,11 @@ lower bound on the margin Lipschitz constants and its ratio to the certified K_i
 `<report>_radius_histogram.png` are written beside the JSON, titled with the model, the
 data, ε and the bound.
 
+A model trained with `gloro-train --relaxation=…` (a `RelaxedGloroModel`) also gets its relaxed
+VRA (the label lies in a certified top-k' set), the histogram of the largest certified k' per
+example, and `<report>_certified_k_histogram.png`; the figures above are then standard
+robustness of the same network, for comparison.
+
 When `--dataset` is not given, the data set (and `--data_dir`, class subset) recorded in
 `flags.json` beside the model by `gloro-train` is used.
 
@@ -121,7 +126,8 @@ def free_name(folder, stem="certify"):
     while True:
         name = stem if n == 1 else f"{stem}-{n}"
         if not any(os.path.exists(os.path.join(folder, name + suffix))
-                   for suffix in (".json", "_certified_accuracy.png", "_radius_histogram.png")):
+                   for suffix in (".json", "_certified_accuracy.png", "_radius_histogram.png",
+                                  "_certified_k_histogram.png")):
             return name
         n += 1
 
@@ -236,6 +242,8 @@ def certify(cfg):
                   correct_radius=_radius_summary(r.correct_radius_mean, r.correct_radius_median,
                                                  r.correct_radius_max, r.correct_radius_quantiles),
                   vra_at=r.vra_at)
+    if r.relaxation is not None:
+        report.update(relaxation=r.relaxation, relaxed_vra=r.relaxed_vra, certified_k_histogram=r.certified_k_histogram)
     if r.attack_examples is not None:
         report.update(attack_examples=r.attack_examples, vra_on_attack_examples=r.vra_on_attack_examples)
     for key in ("pgd_accuracy", "margin_lipschitz_lower_bound", "tightness", "soundness_checked",
@@ -263,6 +271,11 @@ def format_report(r):
         "  (0 if wrong)   " + "  ".join(f"{k} {v:.4g}" for k, v in r["correct_radius"].items()),
         "VRA at eps x     " + "  ".join(f"{k}: {100 * v:.2f}%" for k, v in r["vra_at"].items()),
     ]
+    if "relaxation" in r:
+        lines.insert(6, f"relaxed VRA      {100 * r['relaxed_vra']:.2f}% ({r['relaxation']}: the label is in a "
+                        "certified top-k' set)")
+        lines.insert(7, "certified k'     " + "  ".join(
+            f"{'none' if k == '0' else k}: {v}" for k, v in r["certified_k_histogram"].items()))
     if "attack_examples" in r:
         lines.append(f"on the first {r['attack_examples']} examples: VRA {100 * r['vra_on_attack_examples']:.2f}%")
     if "pgd_accuracy" in r:

@@ -19,6 +19,7 @@ from absl import flags
 
 from gloro_keras.models.liresnet import BLOCKS
 from gloro_keras.ops.epsilon import check_epsilon
+from gloro_keras.ops.relaxations import Relaxation
 from gloro_keras.train import presets as presets_lib
 from gloro_keras.train.schedules import EpsilonSchedule
 
@@ -40,6 +41,7 @@ DEFAULTS = dict(
     power_iterations=10,
     bound_gradient="full",
     train_dtype="float32",
+    relaxation=None,
     model_dir=None,
     strategy="default",
     seed=0,
@@ -101,6 +103,10 @@ def define_flags(fv=flags.FLAGS):
     flags.DEFINE_enum("train_dtype", None, ("float32", "bfloat16"), "Compute dtype of the training forward/"
                       "backward pass (bfloat16 = mixed precision); bounds, evaluation and certification stay "
                       "float32. Default: float32.", **d)
+    flags.DEFINE_string("relaxation", None, "Certify relaxed robustness: topk:K (the top-k' classes, for some "
+                        "k' <= K, cannot change within ε) or affinity:[0,2][1][3] (a top-k' set inside one of "
+                        "these class sets). Trains with gloro_crossentropy unless --loss=trades. Default: none "
+                        "(standard robustness).", **d)
     flags.DEFINE_string("model_dir", None, "Output folder. Default: runs/<preset or dataset>_<arch>_L<d>W<w>.", **d)
     flags.DEFINE_enum("strategy", None, STRATEGIES, "tf.distribute strategy: default | mirrored (all local "
                       "devices) | multi_worker (MultiWorkerMirroredStrategy, from TF_CONFIG).", **d)
@@ -189,6 +195,17 @@ def validate_config(cfg):
                      f"warming up for {cfg['epochs'] / 10:g} (--warmup_epochs sets it)")
         cfg["warmup_epochs"] = cfg["epochs"] / 10
     cfg["notes"] = notes
+    if cfg.get("relaxation"):
+        try:
+            cfg["relaxation"] = str(Relaxation.get(cfg["relaxation"]))
+        except ValueError as e:
+            raise ConfigError(f"--relaxation: {e}") from None
+        if cfg["loss"] == "emma":
+            if "loss" in cfg.get("explicit_flags", ()):
+                raise ConfigError("--loss=emma trains standard robustness; with --relaxation use "
+                                  "--loss=gloro_crossentropy or --loss=trades")
+            cfg["loss"] = "gloro_crossentropy"
+            notes.append("--relaxation: training with gloro_crossentropy (EMMA's lift is for standard robustness)")
     if cfg["width"] % 2:
         raise ConfigError(f"width must be even; got {cfg['width']}")
     try:

@@ -71,3 +71,26 @@ def plot_radius_histogram(radii, correct, path, epsilon=None, title=None):
     fig.savefig(path)
     plt.close(fig)
     return str(path)
+
+
+def plot_certified_k_histogram(certified_k, label_in_set, path, relaxation=None, title=None):
+    """Bar chart of the largest certified k' per example (0: none), split by whether the label
+    is in the certified set (relaxed robustness), saved as PNG."""
+    plt = _pyplot()
+    certified_k = np.asarray(certified_k, dtype=np.int64)
+    label_in_set = np.asarray(label_in_set, dtype=bool)
+    ks = np.arange(0, int(certified_k.max(initial=0)) + 1)
+    hit = np.array([np.sum((certified_k == k) & label_in_set) for k in ks])
+    miss = np.array([np.sum((certified_k == k) & ~label_in_set) for k in ks])
+    fig, ax = plt.subplots(figsize=(5.5, 3.8), dpi=120)
+    ax.bar(ks, hit, label="label in the certified set")
+    ax.bar(ks, miss, bottom=hit, label="label not in it (or none)")
+    ax.set_xticks(ks, ["none" if k == 0 else str(k) for k in ks])
+    ax.set_xlabel("largest certified k'" + (f" ({relaxation})" if relaxation else ""))
+    ax.set_ylabel("examples")
+    ax.legend()
+    ax.set_title(title or "Certified top-k' sets", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return str(path)

@@ -32,6 +32,10 @@ class CertificationReport:
     `soundness_violations`: certified points an attack broke within their radius (must be 0).
     `seconds`: `bound_<name>` and `certify_<name>` per bound, `data` (reading a dataset's
     batches), and per attack.
+    For a `RelaxedGloroModel` the figures above are about standard robustness of the same
+    network, and `relaxation`, `relaxed_vra` (the label lies in a certified top-k' set) and
+    `certified_k_histogram` ({k': examples whose largest certified k' it is}, "0": none) about
+    the relaxed robustness it certifies.
     """
 
     epsilon: float
@@ -64,6 +68,9 @@ class CertificationReport:
     soundness_violations: Optional[int] = None
     seconds: dict = dataclasses.field(default_factory=dict)
     files: dict = dataclasses.field(default_factory=dict)
+    relaxation: Optional[str] = None
+    relaxed_vra: Optional[float] = None
+    certified_k_histogram: dict = dataclasses.field(default_factory=dict)
 
     def to_dict(self):
         return dataclasses.asdict(self)
@@ -89,6 +96,10 @@ class CertificationReport:
             (f"VRA ({self.bound} bound)", f"{100 * self.vra:.2f}%"),
         ]
         rows += [(f"  VRA ({k} bound)", f"{100 * v:.2f}%") for k, v in self.vra_by_bound.items() if k != self.bound]
+        if self.relaxation is not None:
+            rows.append((f"relaxed VRA ({self.relaxation})", f"{100 * self.relaxed_vra:.2f}%"))
+            rows.append(("largest certified k' (examples)",
+                         ", ".join(f"{'none' if k == '0' else k}: {v}" for k, v in self.certified_k_histogram.items())))
         rows += [
             ("rejection rate", f"{100 * self.rejection_rate:.2f}%"),
             ("certified radius mean / median", f"{self.radius_mean:.4g} / {self.radius_median:.4g}"),
@@ -211,6 +222,8 @@ def certification_report(
     need_x = attack or lower_bound or soundness
     parts = {name: [] for name in names}
     labels, kept, num_kept = [], [], 0
+    relaxation = getattr(model, "relaxation", None)
+    relaxed_k, relaxed_hit = [], []
     seconds.update({f"certify_{name}": 0.0 for name in names})
     if y is None:
         seconds["data"] = 0.0
@@ -227,6 +240,12 @@ def certification_report(
             t = time.perf_counter()
             parts[name].append(model.margin_certificate(xb, kind[name], arithmetic, batch_size=batch_size))
             seconds[f"certify_{name}"] += time.perf_counter() - t
+        if relaxation is not None:
+            t = time.perf_counter()
+            rc = model.relaxed_certificate(xb, kind[bound], arithmetic, batch_size=batch_size)
+            relaxed_k.append(rc.certified_k(eps))
+            relaxed_hit.append(rc.certified_set_contains(yb, eps))
+            seconds["certify_relaxed"] = seconds.get("certify_relaxed", 0.0) + time.perf_counter() - t
         labels.append(yb)
         room = len(xb) if attack_examples is None else attack_examples - num_kept
         if need_x and room > 0:
@@ -268,6 +287,11 @@ def certification_report(
         vra_at={f"{c:g}x": float(np.mean(robust_radii > c * eps)) for c in VRA_AT},
         seconds=seconds,
     )
+    if relaxation is not None:
+        relaxed_k, relaxed_hit = np.concatenate(relaxed_k), np.concatenate(relaxed_hit)
+        report.relaxation = str(relaxation)
+        report.relaxed_vra = float(np.mean(relaxed_hit))
+        report.certified_k_histogram = {str(k): int(np.sum(relaxed_k == k)) for k in range(relaxation.k + 1)}
     if need_x:
         xa = np.concatenate(kept)
         n = len(xa)
@@ -306,6 +330,10 @@ def certification_report(
         report.files["radius_histogram_png"] = plots.plot_radius_histogram(
             radii, correct, os.path.join(output_dir, f"{file_prefix}radius_histogram.png"), epsilon=eps,
             title=title)
+        if relaxation is not None:
+            report.files["certified_k_histogram_png"] = plots.plot_certified_k_histogram(
+                relaxed_k, relaxed_hit, os.path.join(output_dir, f"{file_prefix}certified_k_histogram.png"),
+                relaxation=str(relaxation), title=title)
         if json_name is not None:
             report.files["json"] = os.path.join(output_dir, json_name)
             report.to_json(report.files["json"])
