@@ -327,3 +327,28 @@ def test_plain_keras_dense_and_conv2d_are_bounded(tmp_path):
     path = str(tmp_path / "plain.keras")
     model.save(path)
     np.testing.assert_array_equal(keras.models.load_model(path).certified_radius(xs), radius)
+
+
+def test_gloro_bound_freezing_and_fit_without_iterate_updates():
+    # issue points 2, 4 and 9: freeze_lc / unfreeze_lc / run_lc_to_convergence, fit(update_iterates=False),
+    # and gloro's MinMax function
+    from gloro_keras.compat.layers import Dense, Input, MinMax as GloroMinMax
+    from gloro_keras.compat.models import GloroNet
+
+    np.testing.assert_array_equal(np.asarray(GloroMinMax()(np.array([[1.0, -2.0, 3.0, 0.0]], "float32"))),
+                                  [[-2.0, 1.0, 0.0, 3.0]])
+    x = Input((4,))
+    g = GloroNet(x, Dense(3)(GloroMinMax()(Dense(8)(x))), 0.2)
+    g.compile(optimizer="adam", loss="sparse_crossentropy", metrics=["vra"])
+    X = np.random.default_rng(0).random((32, 4), dtype="float32")
+    Y = np.arange(32) % 3
+    g.fit(X, Y, epochs=1, batch_size=8, verbose=0, update_iterates=False)
+    assert not g.lc_frozen  # no UpdatePowerIterates: nothing froze the bound
+    g.fit(X, Y, epochs=1, batch_size=8, verbose=0)
+    assert g.lc_frozen  # the default callback froze it at the end of training
+    assert float(g.sub_lipschitz) == pytest.approx(g.lipschitz_bound("sound"), rel=1e-6)
+    assert g.unfreeze_lc() is g and not g.lc_frozen
+    assert g.run_lc_to_convergence() is g
+    assert float(g.sub_lipschitz) == pytest.approx(g.lipschitz_bound("power"), rel=1e-3)
+    assert g.freeze_lc() is g and g.lc_frozen
+    assert g.predict(X, verbose=0).shape == (32, 4)

@@ -63,14 +63,7 @@ def plot_radius_histogram(radii, correct, path, epsilon=None, title=None):
     ax.hist(radii[finite & ~correct], bins=bins, alpha=0.7, label="misclassified")
     if epsilon is not None:
         ax.axvline(epsilon, color="grey", ls="--", lw=1, label=f"ε = {epsilon:.4g}")
-    ax.set_xlabel("certified radius")
-    ax.set_ylabel("examples")
-    ax.legend()
-    ax.set_title(title or "Certified radii", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return str(path)
+    return _finish(plt, fig, ax, path, "certified radius", title or "Certified radii")
 
 
 def plot_certified_k_histogram(certified_k, label_in_set, path, relaxation=None, title=None):
@@ -86,10 +79,16 @@ def plot_certified_k_histogram(certified_k, label_in_set, path, relaxation=None,
     ax.bar(ks, hit, label="label in the certified set")
     ax.bar(ks, miss, bottom=hit, label="label not in it (or none)")
     ax.set_xticks(ks, ["none" if k == 0 else str(k) for k in ks])
-    ax.set_xlabel("largest certified k'" + (f" ({relaxation})" if relaxation else ""))
+    xlabel = "largest certified k'" + (f" ({relaxation})" if relaxation else "")
+    return _finish(plt, fig, ax, path, xlabel, title or "Certified top-k' sets")
+
+
+def _finish(plt, fig, ax, path, xlabel, title):
+    """Label a histogram of examples, save it as PNG and close it; returns the path."""
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("examples")
     ax.legend()
-    ax.set_title(title or "Certified top-k' sets", fontsize=9)
+    ax.set_title(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

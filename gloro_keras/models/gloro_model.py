@@ -283,6 +283,14 @@ class GloroModel(keras.Model):
         w = ops.cast(head_kernel(self._plan.head), "float32")
         return self.body_bound(training) * pairwise_distances(w)
 
+    def _exact_forward(self, inputs, training):
+        """(logits, K_ij, ε) of a training call (ε_train, this step's bound) or of an
+        inference call in exact arithmetic."""
+        with self._network_precision(training):
+            logits = ops.cast(self.network(inputs, training=training), "float32")
+        kmat = self.margin_bounds(training)
+        return logits, kmat, ops.convert_to_tensor(self._epsilon_train if training else self._epsilon)
+
     def call(self, inputs, training=False):
         """Inference: the (B, m+1) outputs [y_1..y_m, y_⊥]. Training (`training=True`, as in
         `fit`): a dict with those `outputs` and what the loss needs, `logits`,
@@ -290,10 +298,7 @@ class GloroModel(keras.Model):
         (ε_train); `compute_loss` and `compute_metrics` take it apart."""
         if not training and self._rounding is not None:
             return self._inference_call(inputs)
-        with self._network_precision(training):
-            logits = ops.cast(self.network(inputs, training=training), "float32")
-        kmat = self.margin_bounds(training)
-        eps = ops.convert_to_tensor(self._epsilon_train if training else self._epsilon)
+        logits, kmat, eps = self._exact_forward(inputs, training)
         y_bot = bottom_logit(logits, kmat, eps)
         if training:
             outputs = ops.concatenate([logits, y_bot[:, None]], axis=-1)

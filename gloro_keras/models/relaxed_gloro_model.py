@@ -62,10 +62,7 @@ class RelaxedGloroModel(GloroModel):
         `GloroModel.call` with outputs [y, ⊥, k*] from this step's bound."""
         if not training and self._rounding is not None:
             return self._inference_call(inputs)
-        with self._network_precision(training):
-            logits = ops.cast(self.network(inputs, training=training), "float32")
-        kmat = self.margin_bounds(training)
-        eps = ops.convert_to_tensor(self._epsilon_train if training else self._epsilon)
+        logits, kmat, eps = self._exact_forward(inputs, training)
         out = relaxed_outputs(logits, kmat, eps, self.relaxation)
         if training:
             return {"outputs": out, "logits": logits, "margin_bounds": kmat, "epsilon": eps}

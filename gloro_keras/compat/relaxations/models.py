@@ -11,6 +11,14 @@ from gloro_keras.ops.relaxations import Affinity, Relaxation, TopK
 class _RelaxedGloroNet(GloroNet, RelaxedGloroModel):
     """gloro's relaxed models: `GloroNet`'s names on a `RelaxedGloroModel`."""
 
+    def __init__(self, inputs, outputs, epsilon, relaxation, model, **kwargs):
+        network = kwargs.pop("network", None) or model  # `network`: from a .keras file's config
+        if network is None:
+            kwargs.update(inputs=inputs, outputs=outputs)
+        else:
+            kwargs["network"] = network
+        super().__init__(epsilon=epsilon, relaxation=relaxation, **kwargs)
+
     def _set_relaxation(self, relaxation):
         relaxation = Relaxation.get(relaxation, self.num_classes)
         relaxation.check(self.num_classes)
@@ -52,12 +60,7 @@ class RtkGloroNet(_RelaxedGloroNet):
             if k is None:
                 raise ValueError("RtkGloroNet needs k, the largest top-k set to certify.")
             relaxation = TopK(k)
-        network = kwargs.pop("network", None) or model
-        if network is None:
-            kwargs.update(inputs=inputs, outputs=outputs)
-        else:
-            kwargs["network"] = network
-        super().__init__(epsilon=epsilon, relaxation=relaxation, **kwargs)
+        super().__init__(inputs, outputs, epsilon, relaxation, model, **kwargs)
 
     @property
     def k(self):
@@ -89,12 +92,7 @@ class AffinityGloroNet(_RelaxedGloroNet):
             if isinstance(affinity_sets, AffinitySet):
                 affinity_sets = affinity_sets.mask
             relaxation = Affinity(affinity_sets)
-        network = kwargs.pop("network", None) or model
-        if network is None:
-            kwargs.update(inputs=inputs, outputs=outputs)
-        else:
-            kwargs["network"] = network
-        super().__init__(epsilon=epsilon, relaxation=relaxation, **kwargs)
+        super().__init__(inputs, outputs, epsilon, relaxation, model, **kwargs)
 
     @property
     def affinity_sets(self):
