@@ -186,6 +186,55 @@ def test_list_presets():
     assert " L18W588 " in rows["table1_imagenet_l18w588"]
 
 
+def test_list_presets_answers_without_importing_tensorflow():
+    # the console scripts start in _gloro_keras_cli, which answers --list_presets from the preset
+    # table alone (importing gloro_keras would import TensorFlow: seconds)
+    code = ("import sys, _gloro_keras_cli\n"
+            "try:\n    _gloro_keras_cli.train(['gloro-train', '--list_presets'])\n"
+            "except SystemExit as e:\n    code = e.code\n"
+            "print('exit', code, sorted(m for m in ('tensorflow', 'keras', 'gloro_keras', 'jax') if m in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    *lines, last = r.stdout.splitlines()
+    assert last == "exit 0 []"
+    assert "\n".join(lines) == presets.format_presets()
+    assert len(lines) == len(presets.PRESETS)
+
+
+def test_helpfull_lists_the_scripts_and_absls_flags_not_tensorflows():
+    for module, own in (("gloro_keras.cli.train", "--model_dir"), ("gloro_keras.cli.certify", "--soundness_check")):
+        r = run(module, ["--helpfull"])
+        assert r.returncode == 0, r.stderr[-2000:]
+        assert own in r.stdout and "--verbosity" in r.stdout and "--flagfile" in r.stdout
+        for foreign in ("hbm_oom_exit", "tt_check_filter", "op_conversion_fallback_to_while_loop", "test_srcdir"):
+            assert foreign not in r.stdout, foreign
+
+
+def test_console_scripts_default_tensorflow_environment_and_keep_explicit_values():
+    import _gloro_keras_cli as launcher
+
+    env = {}
+    assert launcher.environment_defaults(env) == ["TF_ENABLE_ONEDNN_OPTS"]
+    assert env == {"TF_ENABLE_ONEDNN_OPTS": "1"}
+    env = {"TF_ENABLE_ONEDNN_OPTS": "0"}
+    launcher.environment_defaults(env)
+    assert env["TF_ENABLE_ONEDNN_OPTS"] == "0"
+    # the installed scripts start there, so the defaults are set before TensorFlow is imported
+    from importlib.metadata import entry_points
+
+    scripts = {e.name: e.value for e in entry_points(group="console_scripts") if e.name.startswith("gloro-")}
+    assert scripts == {"gloro-train": "_gloro_keras_cli:train", "gloro-certify": "_gloro_keras_cli:certify"}
+
+
+def test_scripts_refuse_reduced_precision_onednn_in_one_line(tmp_path):
+    for module in ("gloro_keras.cli.certify", "gloro_keras.cli.train"):
+        r = run(module, [f"--model={tmp_path / 'm.keras'}"] if "certify" in module else ["--preset=quickstart"],
+                env={"TF_SET_ONEDNN_FPMATH_MODE": "BF16"})
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+        errors = [line for line in r.stderr.splitlines() if ": error: " in line]
+        assert len(errors) == 1 and "TF_SET_ONEDNN_FPMATH_MODE=BF16" in errors[0]
+
+
 def _check_run_outputs(model_dir, epochs=2):
     for f in ("model.keras", "metrics.csv", "metrics.json", "flags.json"):
         assert (model_dir / f).is_file(), f

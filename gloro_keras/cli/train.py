@@ -45,6 +45,7 @@ from gloro_keras.cli.run_dir import RunDirectory
 from gloro_keras.cli.runner import run_absl
 from gloro_keras.cli.train_config import ConfigError, config_from_flags, define_flags, validate_config
 from gloro_keras.models import GloroLiResNet
+from gloro_keras.ops.precision import ReducedPrecisionError, check_float32_math
 from gloro_keras.ops.relaxations import Relaxation
 from gloro_keras.train import optimizers as gloro_optimizers
 from gloro_keras.train import presets as presets_lib
@@ -59,6 +60,7 @@ from gloro_keras.train.callbacks import (
     VRALogger,
 )
 from gloro_keras.train.distribute import make_strategy, multi_worker_fit_fixes, task_info
+from gloro_keras.train.mixed_precision import resolve_train_dtype
 from gloro_keras.train.schedules import EpsilonSchedule, WarmupCosine
 
 FLAGS = flags.FLAGS
@@ -75,7 +77,8 @@ def build_model(cfg, num_classes, input_shape):
     return GloroLiResNet(
         L=cfg["depth"], W=cfg["width"], num_classes=num_classes, input_shape=tuple(input_shape),
         epsilon=cfg["epsilon"], dense_width=cfg["dense_width"], power_iterations=cfg["power_iterations"],
-        bound_gradient=cfg["bound_gradient"], block=cfg["arch"], train_dtype=cfg["train_dtype"],
+        bound_gradient=cfg["bound_gradient"], block=cfg["arch"],
+        train_dtype=resolve_train_dtype(cfg["train_dtype"])[0],
         relaxation=cfg.get("relaxation"),
     )
 
@@ -287,9 +290,10 @@ def _train(cfg, strategy, run_dir, resumed_after, chief, started):
         print(f"gloro-train: resuming {out_dir} after epoch {resumed_after} of {cfg['epochs']} "
               "(backup/); --overwrite starts over", flush=True)
     train_ds, test_ds, info, steps, (train_raw, test_raw) = load_data(cfg)
+    train_dtype, why = resolve_train_dtype(cfg["train_dtype"])
     if chief:
         _write_json(os.path.join(out_dir, "flags.json"), {
-            **cfg, "num_classes": info.num_classes, "image_shape": list(info.image_shape),
+            **cfg, "train_dtype_resolved": train_dtype, "num_classes": info.num_classes, "image_shape": list(info.image_shape),
             "train_size": info.train_size, "test_size": info.test_size, "steps_per_epoch_resolved": steps,
             "backend": keras.backend.backend(), "argv": sys.argv,
         })
@@ -311,7 +315,8 @@ def _train(cfg, strategy, run_dir, resumed_after, chief, started):
         print(f"gloro-train: {info.name} ({info.train_size} train / {info.test_size} test, "
               f"{info.num_classes} classes, {tuple(info.image_shape)}), {cfg['arch']} "
               f"L{cfg['depth']}W{cfg['width']}, {model.count_params():,} parameters, loss {cfg['loss']}, "
-              f"eps {cfg['epsilon']:.6g}, {cfg['epochs']} epochs x {steps} steps of {cfg['batch_size']}"
+              f"eps {cfg['epsilon']:.6g}, {cfg['epochs']} epochs x {steps} steps of {cfg['batch_size']}, "
+              f"training in {train_dtype} ({why})"
               + (f", strategy {cfg['strategy']} ({strategy.num_replicas_in_sync} replicas)" if strategy else ""),
               flush=True)
         print("gloro-train: training clean_acc / vra / rejection_rate are at the training radius epsilon_train "
@@ -358,13 +363,12 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     if FLAGS.list_presets:
-        width = max(map(len, presets_lib.PRESETS))
-        for name in presets_lib.list_presets():
-            print(f"{name:<{width}}  {presets_lib.describe_preset(name)}")
+        print(presets_lib.format_presets())
         return 0
     try:
+        check_float32_math()  # the validation passes certify
         cfg = config_from_flags(FLAGS)
-    except ConfigError as e:
+    except (ConfigError, ReducedPrecisionError) as e:
         print(f"gloro-train: error: {e}", file=sys.stderr)
         return 2
     if cfg["strategy"] != "default":

@@ -26,7 +26,7 @@ Names (`list_presets()` gives them all):
 """
 from __future__ import annotations
 
-__all__ = ["RECIPE", "PRESETS", "describe_preset", "get_preset", "list_presets", "PRESET_TABLES"]
+__all__ = ["RECIPE", "PRESETS", "describe_preset", "format_presets", "get_preset", "list_presets", "PRESET_TABLES"]
 
 EPS_CIFAR = 36 / 255
 
@@ -136,10 +136,17 @@ def describe_preset(name):
     emma  eps 0.1412  800 epochs x 256``."""
     p = PRESETS[name]
     data = p["dataset"] + (f"[{p['subset_classes']} classes]" if p.get("subset_classes") else "")
-    return (f"{PRESET_TABLES[name]:<10} {data:<24} {p['arch']} L{p['depth']}W{p['width']:<5} "
+    size = f"L{p['depth']}W{p['width']}"
+    return (f"{PRESET_TABLES[name]:<10} {data:<24} {p['arch']:<8} {size:<8} "
             f"{p['loss']:<18} eps {p['epsilon']:.4g}  {p['epochs']} epochs x {p['batch_size']}")
 
 
 def list_presets(table=None):
     """Preset names, optionally of one table ("Table 1", ..., "quickstart")."""
     return [n for n in PRESETS if table is None or PRESET_TABLES[n] == table]
+
+
+def format_presets():
+    """`gloro-train --list_presets`'s text: one line per preset, name then `describe_preset`."""
+    width = max(map(len, PRESETS))
+    return "\n".join(f"{name:<{width}}  {describe_preset(name)}" for name in PRESETS)
