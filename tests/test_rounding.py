@@ -328,6 +328,34 @@ def test_certification_runs_with_tf32_off_and_restores_the_setting():
         tf.config.experimental.enable_tensor_float_32_execution(True)
 
 
+def test_onednn_reduced_precision_modes_are_refused_before_certifying(monkeypatch):
+    # TF_SET_ONEDNN_FPMATH_MODE=BF16 makes oneDNN run float32 convolutions in bfloat16 on CPUs
+    # with AMX/AVX512-BF16 (measured relative error 2.3e-3 instead of 7.6e-7): the rounding
+    # analysis assumes float32, so no certificate may be given in such a process.
+    from gloro_keras.ops.precision import ReducedPrecisionError, check_float32_math
+
+    for env in ({}, {"TF_SET_ONEDNN_FPMATH_MODE": "STRICT"}, {"ONEDNN_DEFAULT_FPMATH_MODE": "strict"},
+                {"DNNL_ACL_ENABLE_FAST_MATH": "0"}):
+        check_float32_math(env)
+    for env in ({"TF_SET_ONEDNN_FPMATH_MODE": "BF16"}, {"ONEDNN_DEFAULT_FPMATH_MODE": "any"},
+                {"DNNL_DEFAULT_FPMATH_MODE": "tf32"}, {"DNNL_ACL_ENABLE_FAST_MATH": "1"}):
+        with pytest.raises(ReducedPrecisionError, match=next(iter(env))):
+            check_float32_math(env)
+    model = gk.GloroLiResNet(L=1, W=4, num_classes=3, input_shape=(8, 8, 1), epsilon=0.1, dense_width=8)
+    model.compile(optimizer="sgd", loss="emma", metrics=["vra"])
+    x, y = np.random.rand(16, 8, 8, 1).astype("float32"), np.arange(16) % 3
+    model.certify(x, bound="power")
+    monkeypatch.setenv("TF_SET_ONEDNN_FPMATH_MODE", "BF16")
+    before = [w.copy() for w in model.get_weights()]
+    for call in (lambda: model.certify(x, bound="power"), lambda: model.certified_radius(x, bound="power"),
+                 lambda: model.predict(x, verbose=0), lambda: model.evaluate(x, y, verbose=0),
+                 lambda: model.fit(x, y, validation_data=(x, y), epochs=1, verbose=0)):
+        with pytest.raises(ReducedPrecisionError, match="TF_SET_ONEDNN_FPMATH_MODE=BF16"):
+            call()
+    assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))  # refused before training
+    model.fit(x, y, epochs=1, verbose=0)  # training alone certifies nothing: allowed
+
+
 def test_unsupported_layers_refuse_float32_certification_with_the_layer_name():
     x = keras.Input((4,))
     z = keras.layers.Activation("tanh", name="squash")(LipschitzDense(4)(x))

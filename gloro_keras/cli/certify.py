@@ -294,7 +294,13 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     from gloro_keras.data import DataNotFoundError  # TensorFlow: see load_test_set
+    from gloro_keras.ops.precision import ReducedPrecisionError, check_float32_math
 
+    try:
+        check_float32_math()
+    except ReducedPrecisionError as e:
+        print(f"gloro-certify: error: {e}", file=sys.stderr)
+        return 2
     cfg = {name: FLAGS[name].value for name in
            ("model", "dataset", "data_dir", "epsilon", "bound", "arithmetic", "output", "batch_size", "test_examples",
             "subset_classes", "subset_seed", "attack", "attack_steps", "attack_restarts",

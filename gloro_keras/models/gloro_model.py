@@ -25,7 +25,7 @@ from gloro_keras.ops.margins import (
     pairwise_distances_upper,
     strict_bottom_logit,
 )
-from gloro_keras.ops.precision import full_precision_kernels
+from gloro_keras.ops.precision import check_float32_math, full_precision_kernels
 
 BOUNDS = ("sound", "power", "current")
 # "float32": certify the network as it computes in float32 (rounding included; the default).
@@ -468,6 +468,8 @@ class GloroModel(keras.Model):
         vd = kwargs.get("validation_data")
         if isinstance(vd, (tuple, list)) and len(vd) >= 2:
             self._check_labels(vd[1])
+        if vd is not None or kwargs.get("validation_split"):
+            check_float32_math()  # validation certifies: fail now, not after the first epoch
         if converge_bounds and len(args) < 4:  # callbacks not given positionally
             callbacks = list(kwargs.get("callbacks") or [])
             if not any(isinstance(c, ConvergeBounds) for c in callbacks):
@@ -666,6 +668,7 @@ class GloroModel(keras.Model):
             return np.zeros((0, self.num_classes)), self.margin_bound_matrix(bound), None
         if arithmetic == "float64":
             return self._float64_certificate_inputs(x, bound, batch_size)
+        check_float32_math()  # before the bound converges: a refused call changes nothing
         kmat = self.margin_bound_matrix(bound)
         if arithmetic == "exact":
             return self.predict_logits(x, batch_size), kmat, None

@@ -20,16 +20,18 @@ from gloro_keras.ops.margins import (
 from gloro_keras.ops.norms import TINY, l2_normalize, safe_norm
 from gloro_keras.ops.padding import as_pair, explicit_padding, normalize_padding
 from gloro_keras.ops.precision import (
+    ReducedPrecisionError,
     accumulate_float64,
     affine,
+    check_float32_math,
     float64_available,
     full_precision_kernels,
 )
 from gloro_keras.ops.relaxations import Affinity, Relaxation, RelaxedCertificate, TopK
 
 __all__ = [
-    "Affinity", "FLOAT64_SAFETY", "MarginCertificate", "Relaxation", "RelaxedCertificate", "TINY", "TopK",
-    "accumulate_float64", "affine", "as_pair", "bottom_logit", "certified_radius_np", "certify_np", "check_epsilon",
+    "Affinity", "FLOAT64_SAFETY", "MarginCertificate", "ReducedPrecisionError", "Relaxation", "RelaxedCertificate", "TINY", "TopK",
+    "accumulate_float64", "affine", "as_pair", "bottom_logit", "certified_radius_np", "certify_np", "check_epsilon", "check_float32_math",
     "conv_kernel_vjp", "explicit_padding", "finite_argmax", "float64_available", "full_precision_kernels",
     "gloro_outputs", "l2_normalize", "label_lift", "margin_slack_rate", "normalize_padding", "pairwise_distances",
     "pairwise_distances_np", "pairwise_distances_upper", "predicted_class", "safe_norm", "sparse_labels",
