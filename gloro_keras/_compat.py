@@ -22,6 +22,10 @@ What each workaround is for:
   (keras-team/keras#20585): build from the dataset's element spec instead of reducing a
   distributed batch (`Trainer._maybe_symbolic_build`), and reduce rank-0 logs with
   `axis=None` (`keras.src.backend.tensorflow.trainer.reduce_per_replica`).
+* `onednn_enabled()`: whether TensorFlow runs its oneDNN CPU kernels (`IsMklEnabled` in
+  `tensorflow.python.util._pywrap_util_port`): decided at import from `TF_ENABLE_ONEDNN_OPTS` and
+  the CPU, and it changes the summation order of every float32 convolution (results differ in
+  the last bits) and whether bfloat16 runs fast on a CPU.
 """
 import contextlib
 import importlib
@@ -46,6 +50,7 @@ def private_names():
             ("keras.src.backend.tensorflow.trainer", "reduce_per_replica"),
             ("keras.src.backend.tensorflow.trainer", "_is_per_replica_instance"),
             ("tensorflow:__internal__", "distribute"),
+            ("tensorflow.python.util._pywrap_util_port", "IsMklEnabled"),
         ]
     return names
 
@@ -77,6 +82,15 @@ def missing_private_names():
             name = owner if isinstance(owner, str) else f"{owner.__module__}.{owner.__qualname__}"
             missing.append(f"{name}.{attr}")
     return missing
+
+
+def onednn_enabled():
+    """True/False: TensorFlow's oneDNN CPU kernels are on; None off the TensorFlow backend."""
+    if keras.backend.backend() != "tensorflow":
+        return None
+    from tensorflow.python.util import _pywrap_util_port
+
+    return bool(_pywrap_util_port.IsMklEnabled())
 
 
 # ---- layers and graphs -------------------------------------------------------------------------

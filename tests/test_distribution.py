@@ -19,7 +19,7 @@ pytestmark = pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason=
 COMMON = ["--dataset=quickstart", "--depth=2", "--width=8", "--dense_width=16", "--batch_size=32",
           "--epochs=3", "--steps_per_epoch=2", "--noshuffle", "--noaugment", "--test_examples=64",
           "--lr=0.01", "--warmup_epochs=0", "--loss=emma", "--power_iterations=3", "--seed=7",
-          "--noresume", "--verbose=0", "--bound=power"]
+          "--noresume", "--verbose=0", "--bound=power", "--train_dtype=float32"]
 
 # Splits the CPU into N logical devices before TensorFlow initializes them, then runs gloro-train.
 LAUNCHER = r"""
@@ -73,6 +73,13 @@ def assert_same_run(run, reference):
     moved, worst = 0.0, 0.0
     for w, r in zip(model.weights, ref_model.weights):
         a, b = keras.ops.convert_to_numpy(w), keras.ops.convert_to_numpy(r)
+        if "iterate" in w.path:
+            # a power iterate is a direction in a nearly degenerate top singular subspace: float
+            # noise (another summation order: oneDNN's kernels, a split batch) turns it while the
+            # bound it gives moves only to second order (compared below, rel 1e-4)
+            cos = float(np.vdot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b)))
+            assert cos > 0.999, (w.path, cos)
+            continue
         # Adam normalizes each coordinate, so float noise in near-zero gradients moves a
         # weight by up to a fraction of lr (0.01); 1e-4 is 1% of one step.
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4, err_msg=w.path)
