@@ -40,7 +40,7 @@ DEFAULTS = dict(
     epsilon=36 / 255,
     power_iterations=10,
     bound_gradient="full",
-    train_dtype="float32",
+    train_dtype="auto",
     relaxation=None,
     model_dir=None,
     strategy="default",
@@ -100,9 +100,11 @@ def define_flags(fv=flags.FLAGS):
                          lower_bound=1, **d)
     flags.DEFINE_enum("bound_gradient", None, ("full", "last"), "Back-propagate through every power "
                       "iteration of a step (full) or only the final ||A u|| (last). Default: full.", **d)
-    flags.DEFINE_enum("train_dtype", None, ("float32", "bfloat16"), "Compute dtype of the training forward/"
-                      "backward pass (bfloat16 = mixed precision); bounds, evaluation and certification stay "
-                      "float32. Default: float32.", **d)
+    flags.DEFINE_enum("train_dtype", None, ("auto", "float32", "bfloat16"), "Compute dtype of the training "
+                      "forward/backward pass (bfloat16 = mixed precision); bounds, evaluation and certification "
+                      "stay float32. auto = bfloat16 where the hardware has bfloat16 arithmetic (NVIDIA GPU of "
+                      "compute capability >= 8.0; CPU with amx_bf16/avx512_bf16 and TensorFlow's oneDNN on), "
+                      "else float32. Default: auto.", **d)
     flags.DEFINE_string("relaxation", None, "Certify relaxed robustness: topk:K (the top-k' classes, for some "
                         "k' <= K, cannot change within ε) or affinity:[0,2][1][3] (a top-k' set inside one of "
                         "these class sets). Trains with gloro_crossentropy unless --loss=trades. Default: none "
