@@ -16,6 +16,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # this checkout's _gloro_keras_cli and gloro_keras, whatever is installed
+from _gloro_keras_cli import environment_defaults  # noqa: E402
+
+environment_defaults()  # the console scripts' defaults (oneDNN on), before TensorFlow is imported
 DATA = REPO.parent / "shared/data/cifar10-jpeg.npz"
 RESULTS = REPO / "bench" / "results"
 
@@ -35,6 +39,10 @@ GOALS = {  # key: (op, goal, bar)
     "certify_ratio": ("<=", 1.6, None),
     "pipeline_ratio": (">=", 5.0, None),
     "memory_ratio": ("<=", 1.2, None),
+    # ConvergeBounds before each validation (power convergence + float64 sound bound) ÷ a
+    # CIFAR-10 epoch of training steps, L6W128 (#14)
+    "epoch_bound_fraction": ("<=", 0.05, None),
+    "jax_over_tf": ("<=", 1.3, None),
 }
 
 

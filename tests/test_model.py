@@ -244,6 +244,35 @@ def test_sound_bound_is_at_least_the_converged_power_bound():
     assert sound <= power * 1.5
 
 
+def test_each_layers_sound_bound_is_computed_once_per_weights():
+    # the bound K and the rounding terms share the per-layer sound bounds (they were computed twice)
+    from gloro_keras.train import ConvergeBounds
+
+    model = tiny_liresnet()
+    calls = []
+    for layer in model._plan.bounded:
+        original = layer.sound_bound
+        object.__setattr__(layer, "sound_bound", lambda original=original, name=layer.name: calls.append(name) or original())
+    x = np.random.rand(8, 8, 8, 1).astype("float32")
+    model.update_bound_cache("sound")
+    model.certify(x)
+    assert sorted(calls) == sorted(layer.name for layer in model._plan.bounded)
+    # ConvergeBounds before a validation: the sound bound only, no power iteration
+    cb = ConvergeBounds()
+    cb.set_model(model)
+    model.compile(optimizer="sgd", loss="emma")
+    model.fit(x, np.arange(8) % 4, epochs=1, verbose=0, converge_bounds=False)
+    iterates = [keras.ops.convert_to_numpy(v).copy() for v in model.non_trainable_weights if "iterate" in v.path]
+    calls.clear()
+    cb.converge()
+    assert len(calls) == len(model._plan.bounded)
+    after = [keras.ops.convert_to_numpy(v) for v in model.non_trainable_weights if "iterate" in v.path]
+    assert all(np.array_equal(a, b) for a, b in zip(iterates, after))
+    cb.on_train_end()  # the end of training converges the iterates
+    after = [keras.ops.convert_to_numpy(v) for v in model.non_trainable_weights if "iterate" in v.path]
+    assert not all(np.array_equal(a, b) for a, b in zip(iterates, after))
+
+
 def test_bad_inputs_give_clear_errors():
     model = tiny_liresnet()
     model.compile(optimizer="adam", loss="emma")

@@ -524,13 +524,10 @@ class GloroModel(keras.Model):
             return k
         key = self._fingerprint()
         if key not in self._sound_cache:
-            # Many small LAPACK calls: one BLAS thread is much faster than an oversubscribed pool.
-            from threadpoolctl import threadpool_limits
-
-            with threadpool_limits(limits=1, user_api="blas"):
-                k = self._plan.constant * (1.0 + FLOAT64_SAFETY)
-                for layer in self._plan.bounded:
-                    k *= float(layer.sound_bound())
+            value = self._layer_value_fn("sound")  # per-layer bounds shared with the rounding terms
+            k = self._plan.constant * (1.0 + FLOAT64_SAFETY)
+            for layer in self._plan.bounded:
+                k *= value(layer)
             self._sound_cache = {key: k}
         return self._sound_cache[key]
 
@@ -629,13 +626,10 @@ class GloroModel(keras.Model):
                 cache[id(layer)] = float(layer.sound_bound())
             return cache[id(layer)]
 
-        from threadpoolctl import threadpool_limits
-
-        with threadpool_limits(limits=1, user_api="blas"):
-            params = an.params(value)
-            k = plan.constant * (1.0 + FLOAT64_SAFETY)
-            for layer in plan.bounded:
-                k *= value(layer)
+        params = an.params(value)
+        k = plan.constant * (1.0 + FLOAT64_SAFETY)
+        for layer in plan.bounded:
+            k *= value(layer)
         out = np.asarray(probe.predict(np.asarray(x, np.float64), batch_size=batch_size, verbose=0), np.float64)
         m = self.num_classes
         logits, cs, ch = out[:, :m], out[:, m:-m], out[:, -m:]
