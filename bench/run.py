@@ -12,6 +12,12 @@ Sections (each also runs alone, see bench/README.md):
                           PyTorch in the same session (bench/torch_reference.py)
   bench/bound_profile.py  micro-profile of the bound, MAC floor, attainable GFLOP/s
   bench/certification.py  certify ÷ predict, one-time bound costs
+  backends                JAX ÷ TensorFlow step (bench/gpu_check.py's child per backend, float32,
+                          one fresh process each, TensorFlow then JAX) for --jax-configs
+
+Machine-readable per config in <name>.json: configs.<cfg>.speedup_vs_torch (PyTorch reference
+GloRo step time ÷ GloRo `full` step time, float32, faster PyTorch memory format, same session)
+and configs.<cfg>.jax_over_tf (JAX GloRo step time ÷ TensorFlow's).
 
 Writes bench/results/<name>.json and <name>.md (name: "latest", or "quick" with --quick).
 Every ratio compares two variants run side by side in ONE process after warm-up, the
@@ -26,11 +32,52 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _util as U  # noqa: E402
 import bound_profile  # noqa: E402
 import certification  # noqa: E402
+import gpu_check  # noqa: E402
 import memory  # noqa: E402
 import training  # noqa: E402
 
 SECTIONS = (training, bound_profile, certification, memory)  # order of the summary rows
 QUICK = {"configs": "L6W64", **training.QUICK, **bound_profile.QUICK, **certification.QUICK, **memory.QUICK}
+
+
+def run_backends(cfg, args, log):
+    """GloRo and plain float32 steps on TensorFlow, then on JAX, each in a fresh process."""
+    opts = argparse.Namespace(rounds=max(3, args.repeats), steps=args.steps, timeout=3600)
+    out = {}
+    for backend in ("tensorflow", "jax"):
+        out[backend] = gpu_check.run_child(backend, cfg, opts, dtypes="float32")
+        v = out[backend].get("variants", {}).get("gloro_float32")
+        log(f"  {backend}: " + (f"GloRo {v['images_per_s']:.0f} img/s" if v else out[backend].get("error", "")[-300:]))
+    return out
+
+
+def machine_readable(cfg, r, results):
+    """speedup_vs_torch and jax_over_tf of one config (absent when not measured)."""
+    import statistics
+
+    v = r.get("training", {}).get("variants", {})
+    best = training.torch_best(results, cfg)
+    if best and "gloro_full" in v:
+        r["speedup_vs_torch"] = v["gloro_full"]["images_per_s"] / best[1]["gloro"]["images_per_s"]
+    b = r.get("backends", {})
+    steps = {k: b.get(k, {}).get("variants", {}).get("gloro_float32", {}).get("step_s") for k in ("tensorflow", "jax")}
+    if all(steps.values()):
+        r["jax_over_tf"] = statistics.median(steps["jax"]) / statistics.median(steps["tensorflow"])
+        r["jax_over_tf_plain"] = (statistics.median(b["jax"]["variants"]["plain_float32"]["step_s"])
+                                  / statistics.median(b["tensorflow"]["variants"]["plain_float32"]["step_s"]))
+
+
+def backend_rows(cfg, results):
+    r = results["configs"].get(cfg, {})
+    rows = []
+    if "jax_over_tf" in r:
+        rows.append(U.value_row(cfg, "GloRo step JAX ÷ TensorFlow (float32, fresh process each)", r["jax_over_tf"],
+                                key="jax_over_tf"))
+        rows.append(U.value_row(cfg, "plain step JAX ÷ TensorFlow (float32)", r["jax_over_tf_plain"]))
+    if "speedup_vs_torch" in r:
+        rows.append(U.value_row(cfg, "speedup_vs_torch: PyTorch GloRo step ÷ GloRo (full) step, float32",
+                                r["speedup_vs_torch"], key="speedup_vs_pytorch"))
+    return rows
 
 
 def main(argv=None):
@@ -42,6 +89,7 @@ def main(argv=None):
     ap.add_argument("--no-cert", action="store_true")
     ap.add_argument("--no-profile", action="store_true")
     ap.add_argument("--no-peak", action="store_true", help="skip the attainable-GFLOP/s kernels")
+    ap.add_argument("--jax-configs", default="L6W64", help="configs whose JAX ÷ TensorFlow step is timed ('none')")
     args = U.parse_args(ap, argv, QUICK)
     name = args.name or ("quick" if args.quick else "latest")
     configs = U.config_list(args)
@@ -94,8 +142,15 @@ def main(argv=None):
     if not args.no_pipeline:
         s.mark("pipeline")
         results["pipeline"] = training.run_pipeline(args, s.log)
+    jax_configs = [] if args.jax_configs.lower() == "none" else U.config_list(argparse.Namespace(configs=args.jax_configs))
+    for cfg in jax_configs:
+        s.mark(f"{cfg} JAX vs TensorFlow")
+        results["configs"].setdefault(cfg, {})["backends"] = run_backends(cfg, args, s.log)
+    for cfg, r in results["configs"].items():
+        machine_readable(cfg, r, results)
     s.finish()
     rows = [row for cfg in configs for section in SECTIONS for row in section.summary_rows(cfg, results)]
+    rows += [row for cfg in results["configs"] for row in backend_rows(cfg, results)]
     details = [training.details(results), certification.details(results), memory.details(results),
                bound_profile.details(results)]
     jpath, mpath = U.write_report(results, name, args.out, rows, details)

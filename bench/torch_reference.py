@@ -97,8 +97,11 @@ class LiResNet(torch.nn.Module):
         return K
 
 
+DEVICE = "cpu"  # --device
+
+
 def emma_loss(model, x, y, epsilon, bf16=False):
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+    with torch.autocast(DEVICE, dtype=torch.bfloat16, enabled=bf16):
         logits = model(x)
     logits = logits.float()
     K = model.lipschitz_bound()
@@ -115,7 +118,7 @@ def make_step(model, variant, epsilon=36 / 255):
     def step(x, y):
         opt.zero_grad(set_to_none=True)
         if variant.startswith("plain"):
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            with torch.autocast(DEVICE, dtype=torch.bfloat16, enabled=bf16):
                 logits = model(x)
             loss = F.cross_entropy(logits.float(), y)
         else:
@@ -130,13 +133,16 @@ def make_step(model, variant, epsilon=36 / 255):
 
 def bench_config(L, W, fmt, repeats, batch=256, seed=0, bf16=False):
     torch.manual_seed(seed)
-    x = torch.rand(batch, 3, 32, 32)
-    y = torch.randint(0, 10, (batch,))
+    x = torch.rand(batch, 3, 32, 32).to(DEVICE)
+    y = torch.randint(0, 10, (batch,)).to(DEVICE)
     if fmt == "channels_last":
         x = x.contiguous(memory_format=torch.channels_last)
     steps, first = {}, {}
     for variant in ("plain", "gloro") + (("plain_bf16", "gloro_bf16") if bf16 else ()):
-        model = LiResNet(L, W, channels_last=fmt == "channels_last")
+        model = LiResNet(L, W, channels_last=fmt == "channels_last").to(DEVICE)
+        model.iterates = [u.to(DEVICE) for u in model.iterates]  # a plain list: .to() skips it
+        if DEVICE == "cuda":
+            torch.cuda.reset_peak_memory_stats()
         steps[variant] = make_step(model, variant)
         t0 = time.perf_counter()
         steps[variant](x, y)
@@ -150,6 +156,8 @@ def bench_config(L, W, fmt, repeats, batch=256, seed=0, bf16=False):
             times[v].append(time.perf_counter() - t0)
     out = {v: dict(step_s=t, step_s_median=statistics.median(t), images_per_s=batch / statistics.median(t),
                    images_per_s_fastest_run=batch / min(t), first_step_s=first[v]) for v, t in times.items()}
+    if DEVICE == "cuda":
+        out["peak_gpu_memory_mb"] = torch.cuda.max_memory_allocated() / 2 ** 20  # all variants of this config
     out["gloro/plain"] = statistics.median(g / p for g, p in zip(times["gloro"], times["plain"]))
     if bf16:
         out["gloro_bf16/plain_bf16"] = statistics.median(
@@ -164,10 +172,13 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     ap.add_argument("--bf16", action="store_true", help="also time both steps with bfloat16 autocast")
+    ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where to run (loss.item() syncs)")
     args = ap.parse_args(argv)
+    global DEVICE
+    DEVICE = args.device
     if args.threads:
         torch.set_num_threads(args.threads)
-    res = {"torch": torch.__version__, "threads": torch.get_num_threads(), "configs": {}}
+    res = {"torch": torch.__version__, "threads": torch.get_num_threads(), "device": DEVICE, "configs": {}}
     for cfg in args.configs.split(","):
         L, W = (int(v) for v in cfg.upper().lstrip("L").split("W"))
         res["configs"][cfg] = {fmt: bench_config(L, W, fmt, args.repeats, bf16=args.bf16)

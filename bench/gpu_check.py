@@ -1,0 +1,249 @@
+"""GPU check: GloRo training steps on every visible GPU, each backend, against PyTorch.
+
+    bash bench/gpu_check.sh                     # puts keras + this checkout on the path, runs this
+    python bench/gpu_check.py [--config L18W256] [--rounds 5] [--steps 3] [--out bench/results]
+
+For each Keras backend that imports (TensorFlow, JAX), in a child process of its own: the plain
+network (`liresnet_network`, cross-entropy) and the GloRo model (`GloroModel`, EMMA,
+`bound_gradient="full"`, 10 power iterations), each in float32 and in bfloat16
+(`train_dtype="bfloat16"`; the plain net under `mixed_bfloat16`), batch 256 of 32×32×3, timed
+side by side in rounds of `--steps` steps whose order rotates, after two warm-up steps. Reported:
+img/s, GloRo ÷ plain (median of per-round ratios), the first step, peak device memory (the
+process's, all variants together). On TensorFlow with several GPUs the float32 GloRo step also
+runs under `MirroredStrategy` (global batch 256 per GPU). Then the PyTorch reference
+(bench/torch_reference.py, same network) on the same device, float32 and bfloat16 autocast.
+
+Without a GPU it runs on the CPU at `--config L2W16` (the fallback that tests the script; a
+CPU's figures belong to bench/training.py). Prints a table; writes gpu_check.json (`--out`).
+"""
+import argparse
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+MARK = "GPU_CHECK_RESULT "
+BATCH, CLASSES, SHAPE, EPSILON = 256, 10, (32, 32, 3), 36 / 255
+
+
+def gpu_names():
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    return [line.strip() for line in out.stdout.splitlines() if line.strip()] if out.returncode == 0 else []
+
+
+# ---------------------------------------------------------------------------------- child
+def _peak_mb(backend):
+    try:
+        if backend == "tensorflow":
+            import tensorflow as tf
+
+            if tf.config.list_physical_devices("GPU"):
+                return tf.config.experimental.get_memory_info("GPU:0")["peak"] / 2 ** 20
+        else:
+            import jax
+
+            stats = jax.devices()[0].memory_stats() or {}
+            if "peak_bytes_in_use" in stats:
+                return stats["peak_bytes_in_use"] / 2 ** 20
+    except Exception:  # a backend without the statistic
+        return None
+    return None
+
+
+def child(backend, L, W, rounds, steps, dtypes=("float32", "bfloat16")):
+    import keras
+    import numpy as np
+
+    import gloro_keras as gk
+
+    rng = np.random.default_rng(0)
+    x = keras.ops.convert_to_tensor(rng.random((BATCH,) + SHAPE, dtype=np.float32))
+    y = keras.ops.convert_to_tensor(rng.integers(0, CLASSES, BATCH).astype("int32"))
+
+    def optimizer():
+        return keras.optimizers.AdamW(1e-3, weight_decay=1e-4, global_clipnorm=3.0)
+
+    def network():
+        return gk.liresnet_network(L, W, CLASSES, SHAPE, power_iterations=10)
+
+    def build(variant):
+        kind, dtype = variant.split("_")
+        if kind == "plain":
+            keras.mixed_precision.set_global_policy("mixed_bfloat16" if dtype == "bfloat16" else "float32")
+            try:
+                m = network()
+            finally:
+                keras.mixed_precision.set_global_policy("float32")
+            m.compile(optimizer=optimizer(), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        else:
+            m = gk.GloroModel(network(), epsilon=EPSILON, bound_gradient="full", train_dtype=dtype)
+            m.compile(optimizer=optimizer(), loss="emma")
+        return m
+
+    variants = [f"{k}_{d}" for d in dtypes for k in ("plain", "gloro")]
+    models, first = {}, {}
+    for v in variants:
+        m = build(v)
+        t = time.perf_counter()
+        m.train_on_batch(x, y)  # returns numpy: the step has finished on the device
+        first[v] = time.perf_counter() - t
+        m.train_on_batch(x, y)
+        models[v] = m
+    times = {v: [] for v in variants}
+    for r in range(rounds):
+        order = variants[r % len(variants):] + variants[:r % len(variants)]
+        for v in order:
+            t = time.perf_counter()
+            for _ in range(steps):
+                models[v].train_on_batch(x, y)
+            times[v].append((time.perf_counter() - t) / steps)
+    med = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731
+    out = {"backend": backend, "config": f"L{L}W{W}", "variants": {}, "peak_memory_mb": _peak_mb(backend)}
+    for v in variants:
+        out["variants"][v] = {"step_s": times[v], "images_per_s": BATCH / med(times[v]), "first_step_s": first[v]}
+    for d in dtypes:
+        out[f"gloro_over_plain_{d}"] = med([g / p for g, p in zip(times[f"gloro_{d}"], times[f"plain_{d}"])])
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        gpus = tf.config.list_logical_devices("GPU")
+        out["devices"] = [d.name for d in gpus] or ["CPU"]
+        if len(gpus) > 1:
+            strategy = tf.distribute.MirroredStrategy()
+            n = strategy.num_replicas_in_sync
+            xs, ys = keras.ops.tile(x, (n, 1, 1, 1)), keras.ops.tile(y, (n,))
+            with strategy.scope():
+                m = build("gloro_float32")
+            m.train_on_batch(xs, ys)
+            m.train_on_batch(xs, ys)
+            ts = []
+            for _ in range(rounds):
+                t = time.perf_counter()
+                for _ in range(steps):
+                    m.train_on_batch(xs, ys)
+                ts.append((time.perf_counter() - t) / steps)
+            out["mirrored"] = {"replicas": n, "global_batch": BATCH * n, "images_per_s": BATCH * n / med(ts),
+                               "scaling_vs_one_gpu": (BATCH * n / med(ts)) / out["variants"]["gloro_float32"]["images_per_s"]}
+    else:
+        import jax
+
+        out["devices"] = [str(d) for d in jax.devices()]
+    print(MARK + json.dumps(out), flush=True)
+
+
+# --------------------------------------------------------------------------------- parent
+def run_child(backend, config, args, dtypes="float32,bfloat16"):
+    """One backend's steps in a fresh process (KERAS_BACKEND=backend); its result dict."""
+    env = dict(os.environ, KERAS_BACKEND=backend)
+    env.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", backend, "--config", config,
+           "--rounds", str(args.rounds), "--steps", str(args.steps), "--dtypes", dtypes]
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.timeout)
+    for line in p.stdout.splitlines():
+        if line.startswith(MARK):
+            return json.loads(line[len(MARK):])
+    return {"backend": backend, "error": (p.stderr or p.stdout)[-1500:]}
+
+
+def run_torch(config, args, device):
+    python = args.torch_python or sys.executable
+    probe = subprocess.run([python, "-c", "import torch"], capture_output=True)
+    if probe.returncode != 0:
+        return {"skipped": f"no torch in {python}"}
+    cmd = [python, str(HERE / "torch_reference.py"), "--configs", config, "--formats", "channels_last",
+           "--repeats", str(args.rounds), "--bf16", "--device", device]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
+    if p.returncode != 0:
+        return {"error": p.stderr[-1500:]}
+    return json.loads(p.stdout)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", default=None, help="LxWy (default L18W256 on a GPU, L2W16 on the CPU fallback)")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--steps", type=int, default=3, help="steps per variant per round")
+    ap.add_argument("--backends", default="tensorflow,jax")
+    ap.add_argument("--torch-python", default=None, help="interpreter with torch (default: this one)")
+    ap.add_argument("--timeout", type=int, default=1200, help="seconds per child process")
+    ap.add_argument("--out", default=str(HERE / "results"))
+    ap.add_argument("--dtypes", default="float32,bfloat16")
+    ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.child:
+        L, W = (int(v) for v in args.config.upper().lstrip("L").split("W"))
+        child(args.child, L, W, args.rounds, args.steps, tuple(args.dtypes.split(",")))
+        return 0
+    gpus = gpu_names()
+    config = (args.config or ("L18W256" if gpus else "L2W16")).upper()
+    started = time.strftime("%Y-%m-%d %H:%M:%S")
+    print(f"gpu_check {started}: {config}, GPUs: {gpus or 'none (CPU fallback)'}", flush=True)
+    results = {"started": started, "config": config, "gpus": gpus, "backends": {}}
+    for backend in args.backends.split(","):
+        if importlib.util.find_spec(backend) is None:
+            results["backends"][backend] = {"skipped": f"{backend} is not installed"}
+            print(f"  {backend}: not installed, skipped", flush=True)
+            continue
+        t = time.time()
+        r = run_child(backend, config, args, args.dtypes)
+        results["backends"][backend] = r
+        print(f"  {backend}: {'error' if 'error' in r else 'done'} in {time.time() - t:.0f} s", flush=True)
+    results["torch"] = run_torch(config, args, "cuda" if gpus else "cpu")
+    results["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
+    table = report(results, config)
+    print(table)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "gpu_check.json").write_text(json.dumps(results, indent=1))
+    (out / "gpu_check.md").write_text(table + "\n")
+    print(f"wrote {out / 'gpu_check.json'} and gpu_check.md")
+    failed = [b for b, r in results["backends"].items() if "error" in r]
+    return 1 if failed else 0
+
+
+def report(results, config):
+    torch_cfg = results["torch"].get("configs", {}).get(config, {}).get("channels_last", {})
+    tg = {d: torch_cfg.get(v, {}).get("images_per_s") for d, v in (("float32", "gloro"), ("bfloat16", "gloro_bf16"))}
+    lines = [f"# GPU check ({config}, batch {BATCH}) {results['finished']}", "",
+             f"GPUs: {', '.join(results['gpus']) or 'none: CPU fallback'}", "",
+             "| backend | dtype | plain img/s | GloRo img/s | GloRo ÷ plain (step) | GloRo ÷ PyTorch GloRo (img/s) | "
+             "first GloRo step s | peak device MB |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for backend, r in results["backends"].items():
+        if "variants" not in r:
+            lines.append(f"| {backend} | — | {r.get('skipped') or 'error: ' + ' '.join(r['error'].split())[-200:]} "
+                         "| | | | | |")
+            continue
+        for d in ("float32", "bfloat16"):
+            if f"gloro_{d}" not in r["variants"]:
+                continue
+            p, g = r["variants"][f"plain_{d}"], r["variants"][f"gloro_{d}"]
+            vs = f"{g['images_per_s'] / tg[d]:.2f}" if tg.get(d) else "—"
+            peak = f"{r['peak_memory_mb']:.0f}" if r.get("peak_memory_mb") else "—"
+            lines.append(f"| {backend} | {d} | {p['images_per_s']:.0f} | {g['images_per_s']:.0f} | "
+                         f"{r[f'gloro_over_plain_{d}']:.3f} | {vs} | {g['first_step_s']:.1f} | {peak} |")
+        if "mirrored" in r:
+            mm = r["mirrored"]
+            lines.append(f"| {backend} MirroredStrategy × {mm['replicas']} | float32 | | {mm['images_per_s']:.0f} | | | | "
+                         f"scaling {mm['scaling_vs_one_gpu']:.2f}× one GPU |")
+    t = results["torch"]
+    if torch_cfg:
+        peak = torch_cfg.get("peak_gpu_memory_mb")
+        for d, (pv, gv) in (("float32", ("plain", "gloro")), ("bfloat16", ("plain_bf16", "gloro_bf16"))):
+            lines.append(f"| PyTorch {t['torch']} ({t['device']}) | {d} | {torch_cfg[pv]['images_per_s']:.0f} | "
+                         f"{torch_cfg[gv]['images_per_s']:.0f} | — | 1 | {torch_cfg[gv]['first_step_s']:.1f} | "
+                         f"{f'{peak:.0f}' if peak else '—'} |")
+    else:
+        lines.append(f"| PyTorch | — | {t.get('skipped') or 'error: ' + ' '.join(str(t.get('error')).split())[-200:]} | | | | | |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
