@@ -128,10 +128,10 @@ class UpdatePowerIterates(ConvergeBounds):
         super().__init__(**kwargs)
         self.verbose = bool(verbose)
 
-    def converge(self, force=False):
+    def converge(self, force=False, iterates=False):
         if self.verbose:
             print("---- converging iterates ----")
-        return super().converge(force=force)
+        return super().converge(force=force, iterates=iterates)
 
 
 __all__ = ["EpsilonScheduler", "LrScheduler", "TradesScheduler", "UpdatePowerIterates", "VariableScheduler"]
