@@ -5,5 +5,8 @@
 * `gloro-certify` = `python -m gloro_keras.cli.certify`: certify a saved model
   (`gloro_keras.evaluation.certification_report` on its test set).
 
-Nothing is imported here, so `--help` only loads the script it runs.
+Nothing is imported here, so `--help` only loads the script it runs. The installed console
+scripts start one level up, in `_gloro_keras_cli` (outside the package): it sets TensorFlow's
+environment defaults (`TF_ENABLE_ONEDNN_OPTS=1`) before TensorFlow is imported and answers
+`gloro-train --list_presets` without importing it; `python -m` skips both.
 """
