@@ -76,3 +76,22 @@ def test_jax_data_parallel_on_two_host_devices_matches_one_device(tmp_path):
     np.testing.assert_allclose(two["vra"], one["vra"], atol=1 / 128)  # one of the 128 examples at most
     for i, path in enumerate(one["paths"]):
         np.testing.assert_allclose(two[f"w{i}"], one[f"w{i}"], rtol=1e-4, atol=2e-5, err_msg=str(path))
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="launched from the TF run")
+def test_gloro_train_mirrored_on_jax_is_keras_data_parallel(tmp_path):
+    pytest.importorskip("jax")
+    env = dict(os.environ, KERAS_BACKEND="jax",
+               XLA_FLAGS="--xla_force_host_platform_device_count=2 --xla_cpu_multi_thread_eigen=false")
+    r = subprocess.run([sys.executable, "-m", "gloro_keras.cli.train", "--preset=quickstart", "--strategy=mirrored",
+                        "--depth=1", "--width=8", "--dense_width=16", "--batch_size=32", "--epochs=1",
+                        "--steps_per_epoch=3", "--test_examples=64", "--power_iterations=2", "--verbose=2",
+                        "--train_dtype=float32", f"--model_dir={tmp_path / 'run'}"],
+                       env=env, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "strategy mirrored (keras.distribution.DataParallel over 2 devices)" in r.stdout
+    assert (tmp_path / "run" / "model.keras").is_file()
+    r = subprocess.run([sys.executable, "-m", "gloro_keras.cli.train", "--preset=quickstart", "--strategy=mirrored",
+                        "--batch_size=33", f"--model_dir={tmp_path / 'odd'}"],
+                       env=env, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 2 and "not divisible by the 2 devices" in r.stderr, r.stderr[-2000:]

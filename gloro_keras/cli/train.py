@@ -59,7 +59,7 @@ from gloro_keras.train.callbacks import (
     ThreateningClassTracker,
     VRALogger,
 )
-from gloro_keras.train.distribute import make_strategy, multi_worker_fit_fixes, task_info
+from gloro_keras.train.distribute import data_parallel, make_strategy, multi_worker_fit_fixes, task_info
 from gloro_keras.train.mixed_precision import resolve_train_dtype
 from gloro_keras.train.schedules import EpsilonSchedule, WarmupCosine
 
@@ -89,7 +89,7 @@ def make_optimizer(cfg, steps_per_epoch):
     warmup = int(round(cfg["warmup_epochs"] * steps_per_epoch))
     schedule = WarmupCosine(cfg["lr"], total_steps=total, warmup_steps=min(warmup, total))
     clip = cfg["clip_norm"] or None
-    if cfg["strategy"] != "default" and clip:
+    if cfg["strategy"] != "default" and clip and keras.backend.backend() == "tensorflow":
         # Keras clips per replica, before the all-reduce; this one clips the sum.
         adamw = gloro_optimizers.AdamW
     else:
@@ -272,6 +272,10 @@ def train(cfg):
     started = time.time()
     # The strategy must exist before TensorFlow runs anything else (multi-worker).
     strategy = make_strategy(cfg["strategy"])
+    devices = data_parallel(cfg["strategy"])  # JAX: keras.distribution.DataParallel
+    if devices and cfg["batch_size"] % devices:
+        raise ConfigError(f"batch_size {cfg['batch_size']} is not divisible by the {devices} devices")
+    cfg = dict(cfg, data_parallel_devices=devices)
     keras.utils.set_random_seed(cfg["seed"])
     _, task_index, chief = task_info()
     model_dir = cfg["model_dir"]
@@ -317,7 +321,9 @@ def _train(cfg, strategy, run_dir, resumed_after, chief, started):
               f"L{cfg['depth']}W{cfg['width']}, {model.count_params():,} parameters, loss {cfg['loss']}, "
               f"eps {cfg['epsilon']:.6g}, {cfg['epochs']} epochs x {steps} steps of {cfg['batch_size']}, "
               f"training in {train_dtype} ({why})"
-              + (f", strategy {cfg['strategy']} ({strategy.num_replicas_in_sync} replicas)" if strategy else ""),
+              + (f", strategy {cfg['strategy']} ({strategy.num_replicas_in_sync} replicas)" if strategy else "")
+              + (f", strategy {cfg['strategy']} (keras.distribution.DataParallel over {cfg['data_parallel_devices']} "
+                 "devices)" if cfg.get("data_parallel_devices") else ""),
               flush=True)
         print("gloro-train: training clean_acc / vra / rejection_rate are at the training radius epsilon_train "
               f"(the schedule's, up to {_peak_multiple(cfg['eps_schedule']):.3g} eps) with the "
@@ -372,7 +378,8 @@ def main(argv):
         print(f"gloro-train: error: {e}", file=sys.stderr)
         return 2
     if cfg["strategy"] != "default":
-        if keras.backend.backend() != "tensorflow":
+        if keras.backend.backend() != "tensorflow" and not (
+                cfg["strategy"] == "mirrored" and keras.backend.backend() == "jax"):
             raise app.UsageError(f"--strategy={cfg['strategy']} needs the TensorFlow backend (KERAS_BACKEND=tensorflow)")
         if cfg["strategy"] == "multi_worker" and not os.environ.get("TF_CONFIG"):
             raise app.UsageError("--strategy=multi_worker needs TF_CONFIG (cluster + task) in the environment")

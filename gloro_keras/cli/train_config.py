@@ -110,8 +110,9 @@ def define_flags(fv=flags.FLAGS):
                         "these class sets). Trains with gloro_crossentropy unless --loss=trades. Default: none "
                         "(standard robustness).", **d)
     flags.DEFINE_string("model_dir", None, "Output folder. Default: runs/<preset or dataset>_<arch>_L<d>W<w>.", **d)
-    flags.DEFINE_enum("strategy", None, STRATEGIES, "tf.distribute strategy: default | mirrored (all local "
-                      "devices) | multi_worker (MultiWorkerMirroredStrategy, from TF_CONFIG).", **d)
+    flags.DEFINE_enum("strategy", None, STRATEGIES, "Distribution: default | mirrored (all local devices: "
+                      "tf.distribute.MirroredStrategy on TensorFlow, keras.distribution.DataParallel on JAX) | "
+                      "multi_worker (MultiWorkerMirroredStrategy from TF_CONFIG; TensorFlow).", **d)
     flags.DEFINE_integer("seed", None, "Random seed (weights, shuffling, augmentation). Default: 0.", **d)
     flags.DEFINE_integer("subset_classes", None, "Keep this many classes (ImageNet subsets, Table 7).",
                          lower_bound=1, **d)

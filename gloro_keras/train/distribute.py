@@ -1,6 +1,9 @@
-"""tf.distribute helpers for `gloro-train --strategy=...` (TensorFlow backend only).
+"""Distribution for `gloro-train --strategy=...`: tf.distribute on TensorFlow, Keras's own on JAX.
 
-* `make_strategy("mirrored" | "multi_worker" | "default")`.
+* `make_strategy("mirrored" | "multi_worker" | "default")`: the tf.distribute strategy (TensorFlow).
+* `data_parallel("mirrored")`: on JAX, `keras.distribution.DataParallel` over every local device,
+  set as Keras's global distribution (each device trains on a slice of every batch; tested against
+  one device in tests/test_backends.py).
 * `task_info()`: (task type, index, is_chief) from `TF_CONFIG`.
 * `multi_worker_fit_fixes(model, element_spec, strategy)` (defined in `gloro_keras._compat`,
   since it patches private Keras names): work-arounds that make `model.fit`/`evaluate` run
@@ -24,7 +27,7 @@ import os
 
 from gloro_keras._compat import multi_worker_fit_fixes
 
-__all__ = ["make_strategy", "multi_worker_fit_fixes", "task_info"]
+__all__ = ["data_parallel", "make_strategy", "multi_worker_fit_fixes", "task_info"]
 
 
 def task_info():
@@ -40,12 +43,27 @@ def task_info():
     return kind, index, chief
 
 
+def data_parallel(name):
+    """On JAX, `--strategy=mirrored` means `keras.distribution.DataParallel` over all local
+    devices: sets it as the global distribution and returns the device count (0 otherwise)."""
+    import keras
+
+    if name != "mirrored" or keras.backend.backend() != "jax":
+        return 0
+    devices = keras.distribution.list_devices()
+    keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
+    return len(devices)
+
+
 def make_strategy(name):
-    """The tf.distribute strategy for `--strategy` (None for "default")."""
+    """The tf.distribute strategy for `--strategy` (None for "default", and for "mirrored" on JAX:
+    see `data_parallel`)."""
     if name == "default":
         return None
     import keras
 
+    if keras.backend.backend() == "jax" and name == "mirrored":
+        return None
     if keras.backend.backend() != "tensorflow":
         raise ValueError(f"--strategy={name} needs the TensorFlow backend (KERAS_BACKEND=tensorflow)")
     import tensorflow as tf
