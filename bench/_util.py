@@ -94,7 +94,8 @@ def tf_keras():
 
 
 def make_optimizer():
-    _, keras = tf_keras()
+    import keras  # any backend (bench/gpu_check.py builds these models on JAX too)
+
     return keras.optimizers.AdamW(learning_rate=1e-3, weight_decay=1e-4, global_clipnorm=3.0)
 
 
@@ -112,8 +113,10 @@ def build(variant, L, W):
     plain: the network alone (`gk.liresnet_network`, a plain keras.Model; under the
     mixed_bfloat16 policy for _bf16) with sparse categorical cross-entropy from logits.
     gloro_*: `GloroModel(<the same network>, bound_gradient=..., train_dtype=...)` with EMMA.
+    Any Keras backend.
     """
-    _, keras = tf_keras()
+    import keras
+
     import gloro_keras as gk
 
     xla = variant.endswith("_xla")

@@ -26,8 +26,10 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import _util as U  # noqa: E402  (also sets the scripts' TensorFlow environment defaults)
 MARK = "GPU_CHECK_RESULT "
-BATCH, CLASSES, SHAPE, EPSILON = 256, 10, (32, 32, 3), 36 / 255
+BATCH, CLASSES, SHAPE = U.BATCH, U.NUM_CLASSES, U.INPUT_SHAPE
 
 
 def gpu_names():
@@ -62,31 +64,13 @@ def child(backend, L, W, rounds, steps, dtypes=("float32", "bfloat16")):
     import keras
     import numpy as np
 
-    import gloro_keras as gk
-
     rng = np.random.default_rng(0)
     x = keras.ops.convert_to_tensor(rng.random((BATCH,) + SHAPE, dtype=np.float32))
     y = keras.ops.convert_to_tensor(rng.integers(0, CLASSES, BATCH).astype("int32"))
 
-    def optimizer():
-        return keras.optimizers.AdamW(1e-3, weight_decay=1e-4, global_clipnorm=3.0)
-
-    def network():
-        return gk.liresnet_network(L, W, CLASSES, SHAPE, power_iterations=10)
-
-    def build(variant):
+    def build(variant):  # the benchmark's own model variants (bench/_util.py)
         kind, dtype = variant.split("_")
-        if kind == "plain":
-            keras.mixed_precision.set_global_policy("mixed_bfloat16" if dtype == "bfloat16" else "float32")
-            try:
-                m = network()
-            finally:
-                keras.mixed_precision.set_global_policy("float32")
-            m.compile(optimizer=optimizer(), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-        else:
-            m = gk.GloroModel(network(), epsilon=EPSILON, bound_gradient="full", train_dtype=dtype)
-            m.compile(optimizer=optimizer(), loss="emma")
-        return m
+        return U.build(("plain" if kind == "plain" else "gloro_full") + ("_bf16" if dtype == "bfloat16" else ""), L, W)
 
     variants = [f"{k}_{d}" for d in dtypes for k in ("plain", "gloro")]
     models, first = {}, {}
@@ -142,8 +126,7 @@ def child(backend, L, W, rounds, steps, dtypes=("float32", "bfloat16")):
 # --------------------------------------------------------------------------------- parent
 def run_child(backend, config, args, dtypes="float32,bfloat16"):
     """One backend's steps in a fresh process (KERAS_BACKEND=backend); its result dict."""
-    env = dict(os.environ, KERAS_BACKEND=backend)
-    env.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+    env = dict(os.environ, KERAS_BACKEND=backend)  # with _util's environment defaults
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", backend, "--config", config,
            "--rounds", str(args.rounds), "--steps", str(args.steps), "--dtypes", dtypes]
     p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.timeout)

@@ -78,7 +78,7 @@ def build_model(cfg, num_classes, input_shape):
         L=cfg["depth"], W=cfg["width"], num_classes=num_classes, input_shape=tuple(input_shape),
         epsilon=cfg["epsilon"], dense_width=cfg["dense_width"], power_iterations=cfg["power_iterations"],
         bound_gradient=cfg["bound_gradient"], block=cfg["arch"],
-        train_dtype=resolve_train_dtype(cfg["train_dtype"])[0],
+        train_dtype=resolve_train_dtype(cfg["train_dtype"])[0],  # "auto" resolved, if not yet
         relaxation=cfg.get("relaxation"),
     )
 
@@ -301,6 +301,7 @@ def _train(cfg, strategy, run_dir, resumed_after, chief, started):
             "train_size": info.train_size, "test_size": info.test_size, "steps_per_epoch_resolved": steps,
             "backend": keras.backend.backend(), "argv": sys.argv,
         })
+    cfg = dict(cfg, train_dtype=train_dtype)  # resolved once: the model is built with it
 
     def _build():
         model = build_model(cfg, info.num_classes, info.image_shape)
