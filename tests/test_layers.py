@@ -7,7 +7,7 @@ import pytest
 from keras import ops
 
 import gloro_keras as gk
-from conftest import explicit_matrix, spectral_norm
+from conftest import explicit_matrix, input_gradient, spectral_norm
 from gloro_keras.bounds import conv2d_operator_matrix
 from gloro_keras.layers import (
     LiResNetBlock,
@@ -59,6 +59,29 @@ def test_minmax_is_norm_preserving_permutation():
     d_in = np.linalg.norm(x - z, axis=-1)
     d_out = np.linalg.norm(ops.convert_to_numpy(MinMax()(x) - MinMax()(z)), axis=-1)
     assert np.all(d_out <= d_in + 1e-5)
+
+
+def test_minmax_gradient_is_the_permutation_it_applies():
+    """∂ of [a, b] → [max, min] w.r.t. x for upstream g: the same swap of g's halves, from one
+    mask; equal to autodiff of maximum/minimum off ties, and a permutation (norm-preserving)
+    at ties too, where autodiff of maximum/minimum would hand a both halves of g."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3, 4, 4, 8)).astype("float32")
+    x[0, :, :, 4:] = x[0, :, :, :4]  # example 0: every pair tied
+    g = rng.standard_normal(x.shape).astype("float32")
+    dx = input_gradient(lambda z: MinMax()(z) * g, x)
+    a, b, ga, gb = x[..., :4], x[..., 4:], g[..., :4], g[..., 4:]
+    keep = a >= b
+    expected = np.concatenate([np.where(keep, ga, gb), np.where(keep, gb, ga)], axis=-1)
+    np.testing.assert_array_equal(dx, expected)
+    np.testing.assert_allclose(np.linalg.norm(dx.reshape(3, -1), axis=1), np.linalg.norm(g.reshape(3, -1), axis=1),
+                               rtol=1e-6)
+
+    def autodiff(z):
+        p, q = ops.split(z, 2, axis=-1)
+        return ops.concatenate([ops.maximum(p, q), ops.minimum(p, q)], axis=-1) * g
+
+    np.testing.assert_array_equal(dx[1:], input_gradient(autodiff, x)[1:])
 
 
 @pytest.mark.parametrize("L", [1, 6, 18])
