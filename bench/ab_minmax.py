@@ -8,7 +8,7 @@ MinMax replaced by a subclass whose `call` is `concat([maximum(a, b), minimum(a,
 differentiated by autodiff (the previous implementation), rebuilt from the network's config by
 public Keras deserialization (`keras.Model.from_config` inside `keras.saving.custom_object_scope`).
 For the plain network (sparse cross-entropy) and the GloRo model (EMMA, bound_gradient="full"):
-checks that outputs and gradients agree, then times training steps of both twins in alternating
+checks that the gradients agree (in a graph, as in `fit`), then times training steps of both twins in alternating
 rounds (median per-round ratio, wall and CPU time).
 """
 import argparse
@@ -82,10 +82,15 @@ def main():
         grads = {}
         for name, m in models.items():
             net = getattr(m, "network", m)  # GloroModel: its network
-            with tf.GradientTape() as tape:
-                out = net(x, training=True)
-                loss = tf.reduce_sum(out * tf.cast(tf.range(out.shape[-1]) % 3 - 1, out.dtype))
-            grads[name] = [g.numpy() for g in tape.gradient(loss, net.trainable_variables)]
+
+            @tf.function  # a graph, as in fit: MinMax's TensorFlow kernels are the XLA-fused ones
+            def gradient(net=net):
+                with tf.GradientTape() as tape:
+                    out = net(x, training=True)
+                    loss = tf.reduce_sum(out * tf.cast(tf.range(out.shape[-1]) % 3 - 1, out.dtype))
+                return tape.gradient(loss, net.trainable_variables)
+
+            grads[name] = [g.numpy() for g in gradient()]
         gdiff = max(float(np.abs(a - b).max() / (np.abs(b).max() + 1e-30))
                     for a, b in zip(grads["autodiff"], grads["layer"]))
         print(f"{kind}: largest gradient difference (relative to the tensor's max) {gdiff:.2g}", flush=True)

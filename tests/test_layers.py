@@ -84,6 +84,33 @@ def test_minmax_gradient_is_the_permutation_it_applies():
     np.testing.assert_array_equal(dx[1:], input_gradient(autodiff, x)[1:])
 
 
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="TensorFlow graphs only")
+def test_minmax_in_a_tensorflow_graph_equals_eager():
+    """In a tf.function (as in fit) MinMax runs XLA-fused kernels; values and gradients are
+    bit-identical to the eager keras.ops path (no arithmetic, only comparisons and copies)."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((4, 5, 5, 16)).astype("float32")
+    x[0, ..., 8:] = x[0, ..., :8]
+    g = tf.constant(rng.standard_normal(x.shape).astype("float32"))
+    layer = MinMax()
+
+    def run(z):
+        z = tf.convert_to_tensor(z)
+        with tf.GradientTape() as tape:
+            tape.watch(z)
+            y = layer(z)
+        return y, tape.gradient(y, z, output_gradients=g)
+
+    graph = tf.function(run)
+    ops_ = graph.get_concrete_function(x).graph.get_operations()
+    compiled = [op for op in ops_ if "_XlaMustCompile" in op.node_def.attr and op.get_attr("_XlaMustCompile")]
+    assert len(compiled) == 2, [op.type for op in ops_]  # the forward and the gradient
+    for eager, fused in zip(run(x), graph(x)):
+        np.testing.assert_array_equal(eager.numpy(), fused.numpy())
+
+
 @pytest.mark.parametrize("L", [1, 6, 18])
 def test_liresnet_block_is_one_conv_equal_to_residual_form(L):
     block = build(LiResNetBlock(num_blocks=L), (7, 7, 8))

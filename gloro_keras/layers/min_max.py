@@ -2,27 +2,7 @@
 import keras
 from keras import ops
 
-
-@ops.custom_gradient
-def _sort_halves(x):
-    """[a, b] → [max(a, b), min(a, b)] with the gradient of the permutation it applies.
-
-    With m = (a ≥ b), the map is y = [a, b] where m, else [b, a], so ∂ = the same swap of the
-    upstream halves: one comparison (kept as a boolean mask, 1/8 of x's memory, instead of x
-    itself) and two selects, where autodiff of maximum/minimum runs four selects against zeros
-    and an addition. At ties the gradient is the identity permutation (autodiff of
-    maximum/minimum would give the whole upstream to a), so it is norm-preserving everywhere.
-    """
-    a, b = ops.split(x, 2, axis=-1)
-    keep = ops.greater_equal(a, b)
-    y = ops.concatenate([ops.maximum(a, b), ops.minimum(a, b)], axis=-1)
-
-    def grad(*args, upstream=None):
-        up = args[0] if upstream is None else upstream
-        ga, gb = ops.split(up, 2, axis=-1)
-        return ops.concatenate([ops.where(keep, ga, gb), ops.where(keep, gb, ga)], axis=-1)
-
-    return y, grad
+from gloro_keras.ops.pairs import sort_halves
 
 
 @keras.saving.register_keras_serializable(package="gloro_keras")
@@ -73,7 +53,7 @@ class MinMax(keras.layers.Layer):
             pairs = ops.reshape(x, (-1, 2))
             out = ops.stack([ops.min(pairs, axis=-1), ops.max(pairs, axis=-1)], axis=-1)
             return ops.reshape(out, ops.shape(x))
-        return _sort_halves(x)
+        return sort_halves(x)
 
     def get_config(self):
         return {**super().get_config(), "pairing": self.pairing}

@@ -1,5 +1,6 @@
 """Shared math at the bottom of the library: norms, padding, labels, margins, certificates,
-precision. Imports only Keras and NumPy; every other gloro_keras module may import it.
+precision, sorting pairs. Imports only Keras and NumPy (TensorFlow lazily, for the XLA-fused
+MinMax on that backend); every other gloro_keras module may import it.
 
     from gloro_keras.ops import bottom_logit, check_epsilon, MarginCertificate
 """
@@ -18,6 +19,7 @@ from gloro_keras.ops.margins import (
     strict_bottom_logit,
 )
 from gloro_keras.ops.norms import TINY, l2_normalize, safe_norm
+from gloro_keras.ops.pairs import sort_halves
 from gloro_keras.ops.padding import as_pair, explicit_padding, normalize_padding
 from gloro_keras.ops.precision import (
     ReducedPrecisionError,
@@ -34,6 +36,6 @@ __all__ = [
     "accumulate_float64", "affine", "as_pair", "bottom_logit", "certified_radius_np", "certify_np", "check_epsilon", "check_float32_math",
     "conv_kernel_vjp", "explicit_padding", "finite_argmax", "float64_available", "full_precision_kernels",
     "gloro_outputs", "l2_normalize", "label_lift", "margin_slack_rate", "normalize_padding", "pairwise_distances",
-    "pairwise_distances_np", "pairwise_distances_upper", "predicted_class", "safe_norm", "sparse_labels",
+    "pairwise_distances_np", "pairwise_distances_upper", "predicted_class", "safe_norm", "sort_halves", "sparse_labels",
     "strict_bottom_logit",
 ]

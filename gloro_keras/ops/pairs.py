@@ -1,0 +1,60 @@
+"""Sorting pairs of channels: the MinMax activation's math, with its gradient."""
+import functools
+
+import keras
+from keras import ops
+
+
+def _sort_halves_ops(x):
+    """(y, keep) = ([max(a, b), min(a, b)], a ≥ b) for x = [a, b] on the last axis."""
+    a, b = ops.split(x, 2, axis=-1)
+    return ops.concatenate([ops.maximum(a, b), ops.minimum(a, b)], axis=-1), ops.greater_equal(a, b)
+
+
+def _swap_by_mask_ops(keep, g):
+    """∂ of `_sort_halves_ops` for upstream g = [g_a, g_b]: [where(keep, g_a, g_b), where(keep, g_b, g_a)]."""
+    ga, gb = ops.split(g, 2, axis=-1)
+    return ops.concatenate([ops.where(keep, ga, gb), ops.where(keep, gb, ga)], axis=-1)
+
+
+@functools.lru_cache(maxsize=None)
+def _xla_pair():
+    """The same two functions compiled by XLA on TensorFlow (each one fused loop over x)."""
+    import tensorflow as tf
+
+    return (tf.function(_sort_halves_ops, jit_compile=True, autograph=False),
+            tf.function(_swap_by_mask_ops, jit_compile=True, autograph=False))
+
+
+def _kernels():
+    """TensorFlow in a graph (a `fit`/`predict` step): XLA-fused kernels. A TensorFlow graph
+    otherwise runs split, maximum, minimum, compare and concat as five memory passes (and the
+    gradient as four); fused, a MinMax layer's forward and backward take about half the time
+    (bench/results/ab_minmax.md). JAX compiles the whole step, eager calls stay plain."""
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        if not tf.executing_eagerly():
+            return _xla_pair()
+    return _sort_halves_ops, _swap_by_mask_ops
+
+
+@ops.custom_gradient
+def sort_halves(x):
+    """[a, b] → [max(a, b), min(a, b)] on the last axis, with the gradient of the permutation
+    it applies.
+
+    With m = (a ≥ b) the map is y = [a, b] where m, else [b, a], so ∂x = the same swap of the
+    upstream halves: one comparison, kept as a boolean mask (1/8 of x's memory, where autodiff
+    of maximum/minimum keeps x) and two selects, where autodiff runs four selects against
+    zeros and an addition. At ties the gradient is the identity permutation (autodiff of
+    maximum/minimum would give a both halves of the upstream), so it is norm-preserving
+    everywhere. Values are exact: no arithmetic, only comparisons and copies.
+    """
+    forward, backward = _kernels()
+    y, keep = forward(x)
+
+    def grad(*args, upstream=None):
+        return backward(keep, args[0] if upstream is None else upstream)
+
+    return y, grad
