@@ -8,13 +8,13 @@ MinMax replaced by a subclass whose `call` is `concat([maximum(a, b), minimum(a,
 differentiated by autodiff (the previous implementation), rebuilt from the network's config by
 public Keras deserialization (`keras.Model.from_config` inside `keras.saving.custom_object_scope`).
 For the plain network (sparse cross-entropy) and the GloRo model (EMMA, bound_gradient="full"):
-checks that the gradients agree (in a graph, as in `fit`), then times training steps of both twins in alternating
-rounds (median per-round ratio, wall and CPU time).
+checks that the gradients agree (TensorFlow: in a graph, as in `fit`), then times training steps of
+both twins in rotating rounds (`_util.round_robin`; median per-round ratio, wall and CPU time). Any
+Keras backend.
 """
 import argparse
 import os
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -64,6 +64,27 @@ def twins(kind, L, W):
     return out
 
 
+def gradient_difference(models, x):
+    """Largest difference between the twins' network gradients (relative to each tensor's max),
+    computed in a tf.function as in `fit`, where MinMax runs its XLA-fused kernels. TensorFlow only."""
+    import tensorflow as tf
+
+    grads = {}
+    for name, m in models.items():
+        net = getattr(m, "network", m)  # GloroModel: its network
+
+        @tf.function
+        def gradient(net=net):
+            with tf.GradientTape() as tape:
+                out = net(x, training=True)
+                loss = tf.reduce_sum(out * tf.cast(tf.range(out.shape[-1]) % 3 - 1, out.dtype))
+            return tape.gradient(loss, net.trainable_variables)
+
+        grads[name] = [g.numpy() for g in gradient()]
+    return max(float(np.abs(a - b).max() / (np.abs(b).max() + 1e-30))
+               for a, b in zip(grads["autodiff"], grads["layer"]))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", default="L6W64")
@@ -74,56 +95,28 @@ def main():
 
     import keras
 
-    xtr, ytr, _, source = U.load_arrays()
-    backend = keras.backend.backend()
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        x, y = tf.constant(xtr), tf.constant(ytr)
-        print(f"{args.config}, batch {len(xtr)} from {source}; oneDNN {U.onednn_state()['onednn']}", flush=True)
-    else:
-        x, y = xtr, ytr
-        print(f"{args.config}, batch {len(xtr)} from {source}; Keras backend {backend} (no gradient check)", flush=True)
+    x, y, _, source = U.load_arrays()
+    tensorflow = keras.backend.backend() == "tensorflow"
+    if tensorflow:
+        x, y = keras.ops.convert_to_tensor(x), keras.ops.convert_to_tensor(y)
+    print(f"{args.config}, batch {len(y)} from {source}; "
+          + (f"oneDNN {U.onednn_state()['onednn']}" if tensorflow
+             else f"Keras backend {keras.backend.backend()} (no gradient check)"), flush=True)
     for kind in args.kinds.split(","):
         models = twins(kind, L, W)
-        grads = {}
-        if backend != "tensorflow":
-            models_for_grads = {}
-        else:
-            models_for_grads = models
-        for name, m in models_for_grads.items():
-            net = getattr(m, "network", m)  # GloroModel: its network
-
-            @tf.function  # a graph, as in fit: MinMax's TensorFlow kernels are the XLA-fused ones
-            def gradient(net=net):
-                with tf.GradientTape() as tape:
-                    out = net(x, training=True)
-                    loss = tf.reduce_sum(out * tf.cast(tf.range(out.shape[-1]) % 3 - 1, out.dtype))
-                return tape.gradient(loss, net.trainable_variables)
-
-            grads[name] = [g.numpy() for g in gradient()]
-        gdiff = None if not grads else max(float(np.abs(a - b).max() / (np.abs(b).max() + 1e-30))
-                    for a, b in zip(grads["autodiff"], grads["layer"]))
-        if gdiff is not None:
-            print(f"{kind}: largest gradient difference (relative to the tensor's max) {gdiff:.2g}", flush=True)
+        if tensorflow:
+            print(f"{kind}: largest gradient difference (relative to the tensor's max) "
+                  f"{gradient_difference(models, x):.2g}", flush=True)
         for m in models.values():
             m.train_on_batch(x, y)
             m.train_on_batch(x, y)
-        wall = {k: [] for k in models}
-        cpu = {k: [] for k in models}
-        for r in range(args.rounds):
-            for k in list(models)[:: 1 if r % 2 == 0 else -1]:
-                t, c = time.perf_counter(), time.process_time()
-                for _ in range(2):
-                    models[k].train_on_batch(x, y)
-                wall[k].append((time.perf_counter() - t) / 2)
-                cpu[k].append((time.process_time() - c) / 2)
-        ratio = [b / a for a, b in zip(wall["autodiff"], wall["layer"])]
-        cratio = [b / a for a, b in zip(cpu["autodiff"], cpu["layer"])]
-        print(f"{kind} step ms (median): " + ", ".join(f"{k} {1e3 * np.median(v):.0f}" for k, v in wall.items()))
-        print(f"{kind}: layer ÷ autodiff MinMax step time: wall {np.median(ratio):.3f} "
-              f"[{min(ratio):.3f}–{max(ratio):.3f}], CPU {np.median(cratio):.3f} "
-              f"[{min(cratio):.3f}–{max(cratio):.3f}]", flush=True)
+        times = U.round_robin({k: (lambda m=m: m.train_on_batch(x, y)) for k, m in models.items()},
+                              args.rounds, calls=2)
+        p = U.paired(times["layer"], times["autodiff"])
+        print(f"{kind} step ms (median): "
+              + ", ".join(f"{k} {1e3 * U.med(t['wall']):.0f}" for k, t in times.items()))
+        print(f"{kind}: layer ÷ autodiff MinMax step time: wall {p['median']:.3f} [{p['min']:.3f}–{p['max']:.3f}], "
+              f"CPU {p['cpu_median']:.3f} [{p['cpu_min']:.3f}–{p['cpu_max']:.3f}]", flush=True)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ def _swap_by_mask_ops(keep, g):
     return ops.concatenate([ops.where(keep, ga, gb), ops.where(keep, gb, ga)], axis=-1)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _xla_pair():
     """The same two functions compiled by XLA on TensorFlow (each one fused loop over x)."""
     import tensorflow as tf
