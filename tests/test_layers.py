@@ -294,6 +294,77 @@ def test_conv_kernel_vjp_is_the_kernel_gradient(case):
     np.testing.assert_allclose(got, auto, rtol=1e-5, atol=1e-5 * np.abs(auto).max())
 
 
+def _grads_wrt(fn, *tensors):
+    """[∂fn/∂t for t in tensors] on the current backend (fn returns a scalar)."""
+    if keras.backend.backend() == "jax":
+        import jax
+
+        return [np.asarray(g) for g in jax.grad(fn, argnums=tuple(range(len(tensors))))(*tensors)]
+    import tensorflow as tf
+
+    with tf.GradientTape() as tape:
+        tape.watch(tensors)
+        value = fn(*tensors)
+    return [g.numpy() for g in tape.gradient(value, list(tensors))]
+
+
+@pytest.mark.parametrize("case", [*CONV_CASES, "liresnet block"])
+def test_linear_by_hand_has_the_autodiff_gradient(case):
+    """`linear_by_hand` (x̄ = Aᵀḡ, K̄ summed over chunks of the batch by ops.scan) gives autodiff's
+    gradients of A(K)x, for every conv shape the builders use; chunks of 2 examples out of 6."""
+    if case == "liresnet block":
+        shape, layer = (6, 6, 4), LiResNetBlock(num_blocks=3)
+    else:
+        shape, filters, kernel, stride, padding = CONV_CASES[case]
+        layer = LipschitzConv2D(filters, kernel, strides=stride, padding=padding, use_bias=False)
+    build(layer, shape)
+    out_shape = tuple(layer.compute_output_shape((6,) + shape))
+    layer.kernel_gradient_rows = 2 * math.prod(out_shape[1:-1])
+    rng = np.random.default_rng(5)
+    x = ops.convert_to_tensor(rng.standard_normal((6,) + shape).astype("float32"))
+    g = ops.convert_to_tensor(rng.standard_normal(out_shape).astype("float32"))
+    kernel = ops.convert_to_tensor(ops.convert_to_numpy(layer.linear_kernel()))
+    np.testing.assert_array_equal(ops.convert_to_numpy(layer.linear_by_hand(x, kernel)),
+                                  ops.convert_to_numpy(layer.apply_linear(x, kernel)))
+    got = _grads_wrt(lambda x, k: ops.sum(layer.linear_by_hand(x, k) * g), x, kernel)
+    auto = _grads_wrt(lambda x, k: ops.sum(layer.apply_linear(x, k) * g), x, kernel)
+    for a, b in zip(got, auto):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * np.abs(b).max())
+
+
+def test_examples_per_chunk_divides_the_batch():
+    from gloro_keras.ops.conv import examples_per_chunk
+
+    assert examples_per_chunk(256, 256) == 8  # 16×16 outputs, 2048 rows
+    assert examples_per_chunk(80, 256) == 8 and examples_per_chunk(7, 256) == 7 and examples_per_chunk(7, 512) == 1
+    assert examples_per_chunk(256, 16) == 128 and examples_per_chunk(3, 4096) == 1
+
+
+@pytest.mark.skipif(keras.backend.backend() != "jax", reason="the written-out gradient is JAX's path")
+def test_training_convolutions_take_the_gradient_by_hand_on_jax():
+    """On JAX a training call of a conv layer or block runs `linear_by_hand` (its kernel gradient is
+    a scan over chunks); an inference call and a dense layer keep autodiff."""
+    import jax
+
+    for layer, shape in ((LiResNetBlock(num_blocks=2), (8, 8, 4)),
+                         (LipschitzConv2D(4, 3, strides=2, padding="same"), (8, 8, 3)),
+                         (LipschitzDense(5), (12,))):
+        build(layer, shape)
+        layer.kernel_gradient_rows = 1  # chunks of one example
+        x = np.ones((4,) + shape, "float32")
+        weights = layer.trainable_variables
+
+        def jaxpr(training):
+            def f(values):
+                with keras.StatelessScope(state_mapping=list(zip(weights, values))):
+                    return ops.sum(layer(x, training=training))
+
+            return str(jax.make_jaxpr(jax.grad(f))([w.value for w in weights]))
+
+        assert ("scan" in jaxpr(True)) == (not isinstance(layer, LipschitzDense)), layer.name
+        assert "scan" not in jaxpr(False), layer.name
+
+
 @pytest.mark.parametrize("case", list(BATCHED_GRADIENT_CASES))
 def test_full_bound_gradient_equals_autodiff_through_the_unrolled_steps(case):
     """The hand-written backward of `gradient="full"` (one batched kernel gradient) gives the same

@@ -128,7 +128,8 @@ class LipschitzConv2D(LipschitzLayer):
 
     def call(self, x, training=None):
         f64 = accumulate_float64(training, self.float64_inference, self.compute_dtype)
-        return affine(self.apply_linear, x, self.kernel, self.bias, self.compute_dtype, float64=f64)
+        linear = self.training_linear if training else self.apply_linear
+        return affine(linear, x, self.kernel, self.bias, self.compute_dtype, float64=f64)
 
     def compute_output_shape(self, input_shape):
         h, w = input_shape[1:3]

@@ -5,6 +5,7 @@ import keras
 from keras import ops
 
 from gloro_keras.layers.bounded_layer import BoundedLayer, check_gradient
+from gloro_keras.ops.conv import chunked_kernel_vjp
 from gloro_keras.ops.norms import TINY, l2_normalize, safe_norm
 
 
@@ -51,6 +52,36 @@ class LipschitzLayer(BoundedLayer):
         """∂⟨g, A(K) x⟩/∂K summed over the batch axis of x and g (A is linear in K).
         Optional: without it, `gradient="full"` differentiates the unrolled steps by autodiff."""
         raise NotImplementedError(f"{type(self).__name__} has no kernel_vjp")
+
+    # -- the training call's linear map ---------------------------------------------
+    kernel_gradient_rows = 2048  # output positions per chunk of the batch in `linear_by_hand`
+
+    def training_linear(self, x, kernel):
+        """A(K) x in a training call: `linear_by_hand` on JAX for a float32 batch of images
+        (XLA:CPU's own kernel gradient of a convolution is 2–2.5× slower,
+        bench/results/ab_conv_gradient.md), `apply_linear` elsewhere."""
+        if (keras.backend.backend() == "jax" and self.has_kernel_vjp and len(x.shape) == 4
+                and x.shape[0] is not None and x.shape[0] > 1 and x.dtype == "float32"
+                and keras.distribution.distribution() is None):
+            return self.linear_by_hand(x, kernel)
+        return self.apply_linear(x, kernel)
+
+    def linear_by_hand(self, x, kernel):
+        """A(K) x with its gradient written out: x̄ = Aᵀ ḡ (`apply_adjoint`) and K̄ =
+        `kernel_vjp(x, ḡ)` summed over chunks of the batch (`chunked_kernel_vjp`). Same values
+        as autodiff of `apply_linear` up to float32 summation order."""
+        kernel = ops.cast(kernel, kernel.dtype)  # a tensor read from it, when given the variable
+
+        @ops.custom_gradient
+        def linear(x, kernel):
+            def grad(*args, upstream=None):
+                g = args[0] if upstream is None else upstream
+                return (self.apply_adjoint(g, kernel),
+                        chunked_kernel_vjp(self.kernel_vjp, x, g, kernel, self.kernel_gradient_rows))
+
+            return self.apply_linear(x, kernel), grad
+
+        return linear(ops.convert_to_tensor(x), kernel)
 
     # -- power iteration --------------------------------------------------------------
     def build_iterate(self, shape):

@@ -123,7 +123,7 @@ class LiResNetBlock(LipschitzLayer):
 
     def call(self, x, training=None):
         if training:
-            y = self.apply_linear(x, self.linear_kernel())
+            y = self.training_linear(x, self.linear_kernel())
         else:
             y = x + self.apply_linear(x, self.residual_merged_kernel())
         if self.bias is not None:
