@@ -369,6 +369,55 @@ def paired(num, den):
             "cpu_median": med(cs), "cpu_min": min(cs), "cpu_max": max(cs)}
 
 
+def ab_args(doc):
+    """--config, --rounds, --kinds of the A/B scripts; returns (args, L, W)."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    ap.add_argument("--config", default="L6W64")
+    ap.add_argument("--rounds", type=int, default=6)
+    ap.add_argument("--kinds", default="plain,gloro")
+    args = ap.parse_args()
+    return (args, *parse_config(args.config))
+
+
+def ab_twins(kind, L, W, custom_objects, old, new):
+    """The benchmark network as shipped (`new`) and rebuilt from its config with `custom_objects`
+    (`old`, via public `keras.Model.from_config` in a `custom_object_scope`), same weights, each
+    compiled as `kind`: "plain" (sparse cross-entropy from logits) or "gloro" (GloroModel, EMMA,
+    bound_gradient="full"). Returns {old: model, new: model}."""
+    import keras
+
+    import gloro_keras as gk
+
+    keras.utils.set_random_seed(0)
+    net = network(L, W)
+    with keras.saving.custom_object_scope(custom_objects):
+        twin = keras.Model.from_config(net.get_config())
+    twin.set_weights(net.get_weights())
+    out = {}
+    for name, n in ((old, twin), (new, net)):
+        if kind == "plain":
+            n.compile(optimizer=make_optimizer(), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+            out[name] = n
+        else:
+            out[name] = gk.GloroModel(n, epsilon=EPSILON, bound_gradient="full")
+            out[name].compile(optimizer=make_optimizer(), loss="emma")
+    return out
+
+
+def ab_steps(kind, models, x, y, rounds, new, old, what):
+    """Warm both twins (two `train_on_batch` each), time their steps in rotating rounds and print
+    the medians and the paired ratio `new ÷ old` (wall and CPU, with the rounds' range)."""
+    for m in models.values():
+        m.train_on_batch(x, y)
+        m.train_on_batch(x, y)
+    times = round_robin({k: (lambda m=m: m.train_on_batch(x, y)) for k, m in models.items()}, rounds, calls=2)
+    p = paired(times[new], times[old])
+    print(f"{kind} step ms (median): " + ", ".join(f"{k} {1e3 * med(t['wall']):.0f}" for k, t in times.items()))
+    print(f"{kind}: {what} step time: wall {p['median']:.3f} [{p['min']:.3f}–{p['max']:.3f}], "
+          f"CPU {p['cpu_median']:.3f} [{p['cpu_min']:.3f}–{p['cpu_max']:.3f}]", flush=True)
+    return p
+
+
 class count_calls:
     """Count calls of the given Python functions while the block runs, by observing call
     events (sys.setprofile / threading.setprofile): nothing is patched. The hook slows every

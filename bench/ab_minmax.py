@@ -12,7 +12,6 @@ checks that the gradients agree (TensorFlow: in a graph, as in `fit`), then time
 both twins in rotating rounds (`_util.round_robin`; median per-round ratio, wall and CPU time). Any
 Keras backend.
 """
-import argparse
 import os
 import sys
 from pathlib import Path
@@ -41,29 +40,6 @@ def autodiff_minmax():
     return {keras.saving.get_registered_name(gk.layers.MinMax): cls}
 
 
-def twins(kind, L, W):
-    import keras
-
-    import gloro_keras as gk
-
-    keras.utils.set_random_seed(0)
-    net = U.network(L, W)
-    with keras.saving.custom_object_scope(autodiff_minmax()):
-        old = keras.Model.from_config(net.get_config())
-    old.set_weights(net.get_weights())
-    out = {}
-    for name, n in (("autodiff", old), ("layer", net)):
-        if kind == "plain":
-            m = n
-            m.compile(optimizer=U.make_optimizer(),
-                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-        else:
-            m = gk.GloroModel(n, epsilon=U.EPSILON, bound_gradient="full")
-            m.compile(optimizer=U.make_optimizer(), loss="emma")
-        out[name] = m
-    return out
-
-
 def gradient_difference(models, x):
     """Largest difference between the twins' network gradients (relative to each tensor's max),
     computed in a tf.function as in `fit`, where MinMax runs its XLA-fused kernels. TensorFlow only."""
@@ -86,12 +62,7 @@ def gradient_difference(models, x):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--config", default="L6W64")
-    ap.add_argument("--rounds", type=int, default=6)
-    ap.add_argument("--kinds", default="plain,gloro")
-    args = ap.parse_args()
-    L, W = U.parse_config(args.config)
+    args, L, W = U.ab_args(__doc__)
 
     import keras
 
@@ -103,20 +74,11 @@ def main():
           + (f"oneDNN {U.onednn_state()['onednn']}" if tensorflow
              else f"Keras backend {keras.backend.backend()} (no gradient check)"), flush=True)
     for kind in args.kinds.split(","):
-        models = twins(kind, L, W)
+        models = U.ab_twins(kind, L, W, autodiff_minmax(), "autodiff", "layer")
         if tensorflow:
             print(f"{kind}: largest gradient difference (relative to the tensor's max) "
                   f"{gradient_difference(models, x):.2g}", flush=True)
-        for m in models.values():
-            m.train_on_batch(x, y)
-            m.train_on_batch(x, y)
-        times = U.round_robin({k: (lambda m=m: m.train_on_batch(x, y)) for k, m in models.items()},
-                              args.rounds, calls=2)
-        p = U.paired(times["layer"], times["autodiff"])
-        print(f"{kind} step ms (median): "
-              + ", ".join(f"{k} {1e3 * U.med(t['wall']):.0f}" for k, t in times.items()))
-        print(f"{kind}: layer ÷ autodiff MinMax step time: wall {p['median']:.3f} [{p['min']:.3f}–{p['max']:.3f}], "
-              f"CPU {p['cpu_median']:.3f} [{p['cpu_min']:.3f}–{p['cpu_max']:.3f}]", flush=True)
+        U.ab_steps(kind, models, x, y, args.rounds, "layer", "autodiff", "layer ÷ autodiff MinMax")
 
 
 if __name__ == "__main__":
