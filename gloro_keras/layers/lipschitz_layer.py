@@ -20,7 +20,8 @@ class LipschitzLayer(BoundedLayer):
     Subclasses implement `linear_kernel()` (the tensor defining A), `apply_linear(u, k)`
     (A), `apply_adjoint(v, k)` (Aᵀ) and `sound_bound()`, and call `build_iterate(shape)` in
     `build`; those that also implement `kernel_vjp(x, g)` (∂⟨g, A x⟩/∂K) and set
-    `has_kernel_vjp = True` get the full gradient batched (see `_full_gradient_bound`).
+    `has_kernel_vjp = True` get the full gradient batched (see `_full_gradient_bound`) and,
+    on JAX, a training call whose gradient is written out (`training_linear`).
 
     Args:
         power_iterations: power-iteration steps per training call (default 10).
