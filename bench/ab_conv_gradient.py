@@ -5,10 +5,9 @@ x̄ = Aᵀḡ, K̄ summed over chunks of the batch) vs XLA's own gradient of `co
     KERAS_BACKEND=jax python bench/ab_conv_gradient.py --config L6W64 --rounds 6
 
 Builds the network twice in ONE process with the same weights: as shipped, and rebuilt from its
-config (`keras.Model.from_config` in a `keras.saving.custom_object_scope`) with subclasses of
-LiResNetBlock and LipschitzConv2D whose `training_linear` is `apply_linear` (autodiff). For the plain network (sparse
-cross-entropy) and the GloRo model (EMMA, bound_gradient="full"): checks that the gradients of
-the training call agree (jitted, as in `fit`), then times training steps of both twins in
+config (`_util.ab_twins`) with subclasses of LiResNetBlock and LipschitzConv2D whose
+`training_linear` is `apply_linear` (autodiff). For the plain network (sparse cross-entropy) and
+the GloRo model (EMMA, bound_gradient="full"): checks that the gradients of the training call agree (jitted, as in `fit`), then times training steps of both twins in
 rotating rounds (`_util.ab_steps`). On TensorFlow both twins run autodiff (the layers choose
 `linear_by_hand` on JAX only), so the script is for the JAX backend.
 """

@@ -5,7 +5,7 @@ import keras
 from keras import ops
 
 from gloro_keras.layers.bounded_layer import BoundedLayer, check_gradient
-from gloro_keras.ops.conv import chunked_kernel_vjp
+from gloro_keras.ops.conv import CHUNK_ROWS, chunked_kernel_vjp
 from gloro_keras.ops.norms import TINY, l2_normalize, safe_norm
 
 
@@ -55,11 +55,11 @@ class LipschitzLayer(BoundedLayer):
         raise NotImplementedError(f"{type(self).__name__} has no kernel_vjp")
 
     # -- the training call's linear map ---------------------------------------------
-    kernel_gradient_rows = 2048  # output positions per chunk of the batch in `linear_by_hand`
+    kernel_gradient_rows = CHUNK_ROWS  # output positions per chunk of the batch in `linear_by_hand`
 
     def training_linear(self, x, kernel):
         """A(K) x in a training call: `linear_by_hand` on JAX for a float32 batch of images
-        (XLA:CPU's own kernel gradient of a convolution is 2–2.5× slower,
+        (XLA:CPU's own kernel gradient of a convolution is 2.3–2.6× slower,
         bench/results/ab_conv_gradient.md), `apply_linear` elsewhere."""
         if (keras.backend.backend() == "jax" and self.has_kernel_vjp and len(x.shape) == 4
                 and x.shape[0] is not None and x.shape[0] > 1 and x.dtype == "float32"

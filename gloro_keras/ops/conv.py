@@ -25,19 +25,22 @@ def conv_kernel_vjp(x, g, kernel_size, strides, pads):
     return ops.reshape(ops.stack(taps, axis=0), (kh, kw, cin, cout))
 
 
-def examples_per_chunk(batch, rows_per_example, rows=2048):
+CHUNK_ROWS = 2048  # output positions per chunk in `chunked_kernel_vjp` (4-8 images at 16×16 were fastest)
+
+
+def examples_per_chunk(batch, rows_per_example, rows=CHUNK_ROWS):
     """The largest divisor of `batch` whose chunk has at most `rows` output rows (≥ 1)."""
     limit = max(1, rows // max(1, int(rows_per_example)))
     return max(d for d in range(1, min(batch, limit) + 1) if batch % d == 0)
 
 
-def chunked_kernel_vjp(kernel_vjp, x, g, kernel, rows=2048):
+def chunked_kernel_vjp(kernel_vjp, x, g, kernel, rows=CHUNK_ROWS):
     """`kernel_vjp(x, g)` (∂⟨g, A(K)x⟩/∂K, a sum over the batch) as a sum over chunks of the
     batch, accumulated in float32 by `ops.scan`; a chunk has at most `rows` output positions
     (g's batch × spatial). Returns the gradient in `kernel`'s dtype.
 
     On XLA:CPU (JAX) a chunk's patches stay in cache: the whole batch at once, or XLA's own
-    gradient of `conv`, runs 2–2.5× slower at LiResNet's shapes (bench/results/ab_conv_gradient.md).
+    gradient of `conv`, runs 2.3–2.6× slower at LiResNet's shapes (bench/results/ab_conv_gradient.md).
     """
     batch = x.shape[0]
     per = examples_per_chunk(batch, math.prod(g.shape[1:-1]), rows)
