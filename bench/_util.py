@@ -108,18 +108,21 @@ def network(L, W):
 
 def build(variant, L, W):
     """variant: plain | gloro_full | gloro_last, optionally suffixed _bf16 (mixed bfloat16
-    training) and/or _xla (jit_compile=True).
+    training) and/or _xla (jit_compile=True on TensorFlow too).
 
     plain: the network alone (`gk.liresnet_network`, a plain keras.Model; under the
     mixed_bfloat16 policy for _bf16) with sparse categorical cross-entropy from logits.
     gloro_*: `GloroModel(<the same network>, bound_gradient=..., train_dtype=...)` with EMMA.
-    Any Keras backend.
+    Any Keras backend; both compiled as `GloroModel.compile` does by default: graph mode
+    (jit_compile=False) on TensorFlow, XLA ("auto") on JAX, whose jit_compile=False would run
+    the step eagerly, op by op (3.5x slower at L6W64).
     """
     import keras
 
     import gloro_keras as gk
 
     xla = variant.endswith("_xla")
+    jit = True if xla else (False if keras.backend.backend() == "tensorflow" else "auto")
     base = variant[:-4] if xla else variant
     bf16 = base.endswith("_bf16")
     base = base[:-5] if bf16 else base
@@ -130,11 +133,11 @@ def build(variant, L, W):
         finally:
             keras.mixed_precision.set_global_policy("float32")
         m.compile(optimizer=make_optimizer(),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), jit_compile=xla)
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), jit_compile=jit)
     else:
         m = gk.GloroModel(network(L, W), epsilon=EPSILON, bound_gradient=base.split("_")[1],
                           train_dtype="bfloat16" if bf16 else "float32")
-        m.compile(optimizer=make_optimizer(), loss="emma", jit_compile=xla)
+        m.compile(optimizer=make_optimizer(), loss="emma", jit_compile=jit)
     return m
 
 
