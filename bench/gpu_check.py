@@ -92,7 +92,8 @@ def child(backend, L, W, rounds, steps, dtypes=("float32", "bfloat16")):
     med = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731
     out = {"backend": backend, "config": f"L{L}W{W}", "variants": {}, "peak_memory_mb": _peak_mb(backend)}
     for v in variants:
-        out["variants"][v] = {"step_s": times[v], "images_per_s": BATCH / med(times[v]), "first_step_s": first[v]}
+        out["variants"][v] = {"step_s": times[v], "images_per_s": BATCH / med(times[v]), "first_step_s": first[v],
+                              "jit_compile": bool(models[v].jit_compile)}  # XLA (JAX) or graph mode (TF)
     for d in dtypes:
         out[f"gloro_over_plain_{d}"] = med([g / p for g, p in zip(times[f"gloro_{d}"], times[f"plain_{d}"])])
     if backend == "tensorflow":

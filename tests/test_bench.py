@@ -23,6 +23,8 @@ def test_gpu_check_runs_its_cpu_fallback_and_reports_every_backend(tmp_path):
             continue
         for v in ("plain_float32", "gloro_float32", "plain_bfloat16", "gloro_bfloat16"):
             assert b["variants"][v]["images_per_s"] > 0, (backend, v)
+            # as GloroModel.compile defaults: XLA on JAX (whose jit_compile=False runs eagerly), graph mode on TF
+            assert b["variants"][v]["jit_compile"] is (backend == "jax"), (backend, v)
         assert b["gloro_over_plain_float32"] > 0.5
     table = (tmp_path / "gpu_check.md").read_text()
     assert "| tensorflow | float32 |" in table and "PyTorch" in table
