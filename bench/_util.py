@@ -324,6 +324,19 @@ def short_error(e, n=300):
     return f"{type(e).__name__}: {' '.join(str(e).split())[:n]}"
 
 
+def backend_child(script, backend, argv, mark, timeout):
+    """Run `python <script> --child <backend> <argv...>` with KERAS_BACKEND=backend (and this
+    process's environment defaults); the JSON it printed after `mark`, or None, and the tail of
+    its output (for the error)."""
+    cmd = [sys.executable, str(Path(script).resolve()), "--child", backend, *argv]
+    p = subprocess.run(cmd, env=dict(os.environ, KERAS_BACKEND=backend), capture_output=True, text=True,
+                       timeout=timeout)
+    for line in p.stdout.splitlines():
+        if line.startswith(mark):
+            return json.loads(line[len(mark):]), ""
+    return None, (p.stderr or p.stdout)[-1500:]
+
+
 # -- timing -----------------------------------------------------------------------------
 def timed(fn):
     t = time.perf_counter()

@@ -22,8 +22,6 @@ Writes conv_kernels.json and conv_kernels.md under --out.
 import argparse
 import json
 import os
-import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -56,7 +54,8 @@ def child(backend, widths, repeats):
 
     compile_fn, wait = _timer(backend)
     rng = np.random.default_rng(0)
-    out = {"backend": backend, "widths": {}}
+    out = {"backend": backend, "widths": {}, "versions": {"keras": keras.__version__,
+                                                          backend: __import__(backend).__version__}}
     for w in widths:
         block = gk.layers.LiResNetBlock()
         block.build((U.BATCH, SPATIAL, SPATIAL, w))
@@ -87,27 +86,17 @@ def child(backend, widths, repeats):
                 t = time.perf_counter()
                 wait(f(*args))
                 ts.append(time.perf_counter() - t)
-            s = statistics.median(ts)
+            s = U.med(ts)
             row[name] = {"ms": 1e3 * s, "gflops": flop / s / 1e9, "all_ms": [1e3 * t for t in ts]}
         out["widths"][str(w)] = row
     print(MARK + json.dumps(out), flush=True)
 
 
-def run_child(backend, args):
-    env = dict(os.environ, KERAS_BACKEND=backend)
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", backend, "--widths", args.widths,
-           "--repeats", str(args.repeats)]
-    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
-    for line in p.stdout.splitlines():
-        if line.startswith(MARK):
-            return json.loads(line[len(MARK):])
-    sys.exit(f"the {backend} child failed:\n{(p.stderr or p.stdout)[-2000:]}")
-
-
 def report(results):
     env = results["environment"]
-    lines = [f"# A LiResNet block's training convolutions per backend (bench/conv_kernels.py)", "",
-             f"{results['started']} · {env['cpu']} · {env['cpus']} CPUs · {env['versions']}", "",
+    lines = ["# A LiResNet block's training convolutions per backend (bench/conv_kernels.py)", "",
+             f"{results['started']} · {env['cpu']} · {env['cpus']} CPUs · " + ", ".join(
+                 f"{k} {v}" for k, v in {**results["tensorflow"]["versions"], **results["jax"]["versions"]}.items()), "",
              f"Command: `{results['command']}`", "",
              "Batch 256 of 16×16×W, 3×3 merged kernel, one compiled call each, median of "
              f"{results['repeats']} calls (ms, GFLOP/s).", "",
@@ -130,17 +119,6 @@ def report(results):
     return "\n".join(lines)
 
 
-def _version(dist):
-    import importlib.metadata as md
-
-    for name in (dist, f"{dist}-cpu"):  # TensorFlow ships as tensorflow or tensorflow-cpu
-        try:
-            return md.version(name)
-        except md.PackageNotFoundError:
-            pass
-    return "?"
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--widths", default="64,128")
@@ -155,10 +133,12 @@ def main(argv=None):
     results = {"started": time.strftime("%Y-%m-%d %H:%M"), "repeats": args.repeats,
                "command": "python bench/conv_kernels.py " + " ".join(argv if argv is not None else sys.argv[1:]),
                "environment": {"cpu": U.cpu_model(), "cpus": os.cpu_count(),
-                               "versions": ", ".join(f"{p} {_version(p)}" for p in ("tensorflow", "jax", "keras")),
                                "TF_ENABLE_ONEDNN_OPTS": os.environ.get("TF_ENABLE_ONEDNN_OPTS")}}
     for backend in ("tensorflow", "jax"):
-        results[backend] = run_child(backend, args)
+        results[backend], error = U.backend_child(__file__, backend, ["--widths", args.widths, "--repeats",
+                                                                      str(args.repeats)], MARK, 1800)
+        if results[backend] is None:
+            sys.exit(f"the {backend} child failed:\n{error}")
     table = report(results)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -19,7 +19,6 @@ CPU's figures belong to bench/training.py). Prints a table; writes gpu_check.jso
 import argparse
 import importlib.util
 import json
-import os
 import subprocess
 import sys
 import time
@@ -127,14 +126,10 @@ def child(backend, L, W, rounds, steps, dtypes=("float32", "bfloat16")):
 # --------------------------------------------------------------------------------- parent
 def run_child(backend, config, args, dtypes="float32,bfloat16"):
     """One backend's steps in a fresh process (KERAS_BACKEND=backend); its result dict."""
-    env = dict(os.environ, KERAS_BACKEND=backend)  # with _util's environment defaults
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", backend, "--config", config,
-           "--rounds", str(args.rounds), "--steps", str(args.steps), "--dtypes", dtypes]
-    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.timeout)
-    for line in p.stdout.splitlines():
-        if line.startswith(MARK):
-            return json.loads(line[len(MARK):])
-    return {"backend": backend, "error": (p.stderr or p.stdout)[-1500:]}
+    result, error = U.backend_child(__file__, backend, ["--config", config, "--rounds", str(args.rounds),
+                                                        "--steps", str(args.steps), "--dtypes", dtypes],
+                                    MARK, args.timeout)
+    return result or {"backend": backend, "error": error}
 
 
 def run_torch(config, args, device):
