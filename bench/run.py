@@ -16,7 +16,8 @@ Sections (each also runs alone, see bench/README.md):
                           one fresh process each, TensorFlow then JAX) for --jax-configs
 
 Machine-readable per config in <name>.json: configs.<cfg>.speedup_vs_torch (PyTorch reference
-GloRo step time ÷ GloRo `full` step time, float32, faster PyTorch memory format, same session)
+GloRo step time ÷ GloRo `full` step time, float32, faster PyTorch memory format, median of the
+per-round ratios: the PyTorch steps run in a child process and alternate with ours)
 and configs.<cfg>.jax_over_tf (JAX GloRo step time ÷ TensorFlow's).
 
 Writes bench/results/<name>.json and <name>.md (name: "latest", or "quick" with --quick).
@@ -56,8 +57,12 @@ def machine_readable(cfg, r, results):
     import statistics
 
     v = r.get("training", {}).get("variants", {})
+    paired = r.get("training", {}).get("ratios", {}).get("torch_gloro/gloro_full")
     best = training.torch_best(results, cfg)
-    if best and "gloro_full" in v:
+    if paired:  # the steps alternated: median of the per-round ratios
+        r["speedup_vs_torch"] = paired["median"]
+        r["speedup_vs_torch_range"] = [paired["min"], paired["max"]]
+    elif best and "gloro_full" in v:
         r["speedup_vs_torch"] = v["gloro_full"]["images_per_s"] / best[1]["gloro"]["images_per_s"]
     b = r.get("backends", {})
     steps = {k: b.get(k, {}).get("variants", {}).get("gloro_float32", {}).get("step_s") for k in ("tensorflow", "jax")}
@@ -107,8 +112,9 @@ def main(argv=None):
         for cfg in configs:
             s.mark(f"{cfg} memory")
             mem[cfg] = memory.run(cfg, args, s.log)
-    s.mark("PyTorch reference")
-    torch_ref = training.run_torch(args, configs, s.log)  # also before TensorFlow
+    torch = training.start_torch(args, s.log)  # steps alternate with ours in training.run
+    child = torch if isinstance(torch, training.TorchChild) else None
+    torch_ref = child.results if child else torch
     s.meta["parent_peak_rss_mb_before_tf"] = U.maxrss_mb()
     tf, keras = U.tf_keras()
     s.meta["environment"] = U.environment(tf, keras)
@@ -122,7 +128,7 @@ def main(argv=None):
         if cfg in mem:
             r["memory"] = mem[cfg]
         s.mark(f"{cfg} training")
-        r["training"], models = training.run(L, W, x, y, args, s.log)
+        r["training"], models = training.run(L, W, x, y, args, s.log, child)
         if not args.no_profile and cfg == profile_cfg:
             s.mark(f"{cfg} profile")
             try:
@@ -136,6 +142,8 @@ def main(argv=None):
                                                    gloro_predict=i == 0, power_check=i == 0)
         del models
         keras.backend.clear_session()
+    if child:
+        child.close()
     if not args.no_peak:
         s.mark("peak")
         results["peak"] = bound_profile.run_peak(args, s.log)

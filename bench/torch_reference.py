@@ -16,9 +16,11 @@ in one session on one machine (the suite's only comparison with PyTorch):
   the bound and loss in float32, like gloro-keras's `train_dtype="bfloat16"`.
 
     python bench/torch_reference.py --configs L6W64,L6W128 --repeats 5      # prints JSON
+    python bench/torch_reference.py --serve      # one step per JSON request on stdin (`serve`)
 
 Run with an interpreter that has torch (`pip install torch`); `bench/training.py` and
-`bench/run.py` (`--torch-python PATH`) call it and put the results beside their own.
+`bench/run.py` (`--torch-python PATH`) keep it running with `--serve` and time its steps in the
+same rotating rounds as their own.
 """
 import argparse
 import json
@@ -131,7 +133,9 @@ def make_step(model, variant, epsilon=36 / 255):
     return step
 
 
-def bench_config(L, W, fmt, repeats, batch=256, seed=0, bf16=False):
+def setup_config(L, W, fmt, bf16=False, batch=256, seed=0):
+    """Models, step functions and data of one config and memory format, each step run twice
+    (warm-up). Returns ({variant: step}, {variant: first step s}, x, y)."""
     torch.manual_seed(seed)
     x = torch.rand(batch, 3, 32, 32).to(DEVICE)
     y = torch.randint(0, 10, (batch,)).to(DEVICE)
@@ -141,28 +145,77 @@ def bench_config(L, W, fmt, repeats, batch=256, seed=0, bf16=False):
     for variant in ("plain", "gloro") + (("plain_bf16", "gloro_bf16") if bf16 else ()):
         model = LiResNet(L, W, channels_last=fmt == "channels_last").to(DEVICE)
         model.iterates = [u.to(DEVICE) for u in model.iterates]  # a plain list: .to() skips it
-        if DEVICE == "cuda":
-            torch.cuda.reset_peak_memory_stats()
         steps[variant] = make_step(model, variant)
         t0 = time.perf_counter()
         steps[variant](x, y)
         first[variant] = time.perf_counter() - t0
         steps[variant](x, y)
+    return steps, first, x, y
+
+
+def summarize(times, first, batch=256):
+    """{variant: step-time statistics} plus per-round GloRo ÷ plain medians."""
+    out = {v: dict(step_s=t, step_s_median=statistics.median(t), images_per_s=batch / statistics.median(t),
+                   images_per_s_fastest_run=batch / min(t), first_step_s=first[v]) for v, t in times.items()}
+    for g, p in (("gloro", "plain"), ("gloro_bf16", "plain_bf16")):
+        if g in times and p in times:
+            out[f"{g}/{p}"] = statistics.median(a / b for a, b in zip(times[g], times[p]))
+    return out
+
+
+def bench_config(L, W, fmt, repeats, bf16=False):
+    if DEVICE == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    steps, first, x, y = setup_config(L, W, fmt, bf16)
     times = {v: [] for v in steps}
     for r in range(repeats):
         for v in (list(steps) if r % 2 == 0 else list(steps)[::-1]):
             t0 = time.perf_counter()
             steps[v](x, y)
             times[v].append(time.perf_counter() - t0)
-    out = {v: dict(step_s=t, step_s_median=statistics.median(t), images_per_s=batch / statistics.median(t),
-                   images_per_s_fastest_run=batch / min(t), first_step_s=first[v]) for v, t in times.items()}
+    out = summarize(times, first)
     if DEVICE == "cuda":
         out["peak_gpu_memory_mb"] = torch.cuda.max_memory_allocated() / 2 ** 20  # all variants of this config
-    out["gloro/plain"] = statistics.median(g / p for g, p in zip(times["gloro"], times["plain"]))
-    if bf16:
-        out["gloro_bf16/plain_bf16"] = statistics.median(
-            g / p for g, p in zip(times["gloro_bf16"], times["plain_bf16"]))
     return out
+
+
+def serve(inp=sys.stdin, out=sys.stdout):
+    """Answer one JSON request per line, so a caller can alternate these steps with its own:
+
+    {"op": "setup", "config": "L6W64", "formats": ["nchw", ...], "bf16": false}
+        builds and warms the config's steps (dropping the previous config's) and answers
+        {"steps": ["nchw/plain", ...], "first_step_s": {...}, "torch": version, "threads": n};
+    {"op": "step", "step": "nchw/gloro"} runs one step and answers {"wall": s, "cpu": s}
+        (this process's wall and CPU time of the step alone);
+    {"op": "quit"} ends. An error answers {"error": message}.
+    """
+    steps, data = {}, {}
+    for line in inp:
+        req = json.loads(line)
+        try:
+            if req["op"] == "quit":
+                break
+            if req["op"] == "setup":
+                steps.clear()
+                data.clear()
+                L, W = (int(v) for v in req["config"].upper().lstrip("L").split("W"))
+                first = {}
+                for fmt in req["formats"]:
+                    fs, f1, x, y = setup_config(L, W, fmt, req.get("bf16", False))
+                    for v, fn in fs.items():
+                        steps[f"{fmt}/{v}"], first[f"{fmt}/{v}"], data[f"{fmt}/{v}"] = fn, f1[v], (x, y)
+                reply = {"steps": list(steps), "first_step_s": first, "torch": torch.__version__,
+                         "threads": torch.get_num_threads(), "device": DEVICE}
+            elif req["op"] == "step":
+                c, t0 = time.process_time(), time.perf_counter()
+                steps[req["step"]](*data[req["step"]])
+                reply = {"wall": time.perf_counter() - t0, "cpu": time.process_time() - c}
+            else:
+                reply = {"error": f"unknown op {req['op']!r}"}
+        except Exception as e:  # answer, so the caller reports it instead of hanging
+            reply = {"error": f"{type(e).__name__}: {e}"}
+        out.write(json.dumps(reply) + "\n")
+        out.flush()
 
 
 def main(argv=None):
@@ -173,11 +226,16 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     ap.add_argument("--bf16", action="store_true", help="also time both steps with bfloat16 autocast")
     ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where to run (loss.item() syncs)")
+    ap.add_argument("--serve", action="store_true",
+                    help="answer JSON requests on stdin instead (see `serve`; bench/training.py uses it to "
+                         "alternate these steps with its own)")
     args = ap.parse_args(argv)
     global DEVICE
     DEVICE = args.device
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.serve:
+        return serve()
     res = {"torch": torch.__version__, "threads": torch.get_num_threads(), "device": DEVICE, "configs": {}}
     for cfg in args.configs.split(","):
         L, W = (int(v) for v in cfg.upper().lstrip("L").split("W"))

@@ -36,8 +36,9 @@ QUICK = {"repeats": 3, "steps": 1, "pipeline_batches": 20, "no_xla": True}
 
 
 # -- training steps ------------------------------------------------------------------------
-def run(L, W, x, y, args, log):
-    """Train steps of all variants side by side. Returns (result dict, models)."""
+def run(L, W, x, y, args, log, torch=None):
+    """Train steps of all variants side by side; with `torch` (a `TorchChild`), the PyTorch
+    reference's steps of the same config join the same rounds. Returns (result dict, models)."""
     variants = ["plain", "gloro_full", "gloro_last"]
     if not args.no_bf16:
         variants += ["plain_bf16", "gloro_full_bf16"]
@@ -45,7 +46,12 @@ def run(L, W, x, y, args, log):
         variants += ["plain_xla", "gloro_full_xla"]
     models, first, errors = U.warm_models(variants, L, W, x, y, log)
     fns = {v: (lambda m=m: m.train_on_batch(x, y)) for v, m in models.items()}
+    cfg = f"L{L}W{W}"
+    if torch is not None:
+        fns.update(torch.join(cfg, not args.no_bf16, log))
     times = U.round_robin(fns, args.repeats, calls=args.steps)
+    if torch is not None:
+        torch.collect(cfg, {k: times.pop(k) for k in list(times) if k.startswith(TorchChild.PREFIX)})
     res = {"variants": {}, "errors": errors, "rounds": args.repeats, "steps_per_round": args.steps}
     for v, ts in times.items():
         med = U.med(ts["wall"])
@@ -63,6 +69,11 @@ def run(L, W, x, y, args, log):
              ("gloro_full_bf16", "gloro_full"), ("plain_bf16", "plain"), ("plain_xla", "plain"),
              ("gloro_full_xla", "gloro_full"), ("gloro_full_xla", "plain_xla")]
     res["ratios"] = {f"{a}/{b}": U.paired(times[a], times[b]) for a, b in pairs if a in times and b in times}
+    if torch is not None and "gloro_full" in times:
+        best = torch.best_gloro(cfg)
+        if best:  # PyTorch GloRo step ÷ ours, round by round
+            res["ratios"]["torch_gloro/gloro_full"] = dict(U.paired(best[1], times["gloro_full"]),
+                                                           torch_format=best[0])
     if "gloro_full" in models:
         res["macs"] = U.flop_floor(models["gloro_full"])
     for k, p in res["ratios"].items():
@@ -113,32 +124,115 @@ def torch_python(arg):
     return sys.executable if importlib.util.find_spec("torch") else None
 
 
-def run_torch(args, configs, log):
-    """The same networks and steps in PyTorch (bench/torch_reference.py), in a child process;
-    call it before this process imports TensorFlow. Without torch: {"skipped": why}."""
+class TorchChild:
+    """`bench/torch_reference.py --serve` in a child process, whose steps join this process's
+    rotating rounds (`run`), so load on the shared host weighs on both frameworks alike.
+
+    Each step is timed in the child (its wall and CPU time of the step alone, not the pipe).
+    `results` has the shape of `torch_reference.py`'s JSON: {"torch", "threads", "configs":
+    {cfg: {format: {variant: statistics}, "gloro/plain": …}}, "command"}.
+    """
+
+    PREFIX = "torch/"
+    FORMATS = ("nchw", "channels_last")
+
+    def __init__(self, python, log):
+        import tempfile
+
+        self.command = [python, str(Path(__file__).resolve().parent / "torch_reference.py"), "--serve"]
+        self.log = log
+        self._stderr = tempfile.TemporaryFile(mode="w+")
+        self.proc = subprocess.Popen(self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=self._stderr, text=True, cwd=str(U.REPO))
+        self.results = {"command": " ".join(self.command), "alternated": True, "configs": {}}
+        self._first, self._times = {}, {}
+
+    def request(self, **req):
+        self.proc.stdin.write(json.dumps(req) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            self._stderr.seek(0)
+            raise RuntimeError(f"{' '.join(self.command)} exited ({self.proc.wait()}): {self._stderr.read()[-600:]}")
+        reply = json.loads(line)
+        if "error" in reply:
+            raise RuntimeError(f"PyTorch reference: {reply['error']}")
+        return reply
+
+    def join(self, cfg, bf16, log):
+        """Build and warm cfg's PyTorch steps; returns {name: step} for `U.round_robin`."""
+        try:
+            r = self.request(op="setup", config=cfg, formats=list(self.FORMATS), bf16=bf16)
+        except RuntimeError as e:
+            log(f"  PyTorch reference FAILED: {e}")
+            self.results["configs"][cfg] = {"error": str(e)}
+            return {}
+        self.results.update(torch=r["torch"], threads=r["threads"], device=r["device"])
+        self._first[cfg] = r["first_step_s"]
+        log(f"  PyTorch reference: {', '.join(r['steps'])} (first step " +
+            ", ".join(f"{U.fmt(t)}s" for t in r["first_step_s"].values()) + ")")
+        return {self.PREFIX + k: (lambda k=k: self.request(op="step", step=k)) for k in r["steps"]}
+
+    def collect(self, cfg, times):
+        """Statistics of cfg's PyTorch steps from `round_robin` times keyed PREFIX + format/variant."""
+        out = {}
+        for key, t in times.items():
+            fmt, variant = key[len(self.PREFIX):].split("/")
+            wall = t["wall"]
+            out.setdefault(fmt, {})[variant] = {
+                "step_s": wall, "step_s_median": U.med(wall), "step_cpu_s_median": U.med(t["cpu"]),
+                "images_per_s": U.BATCH / U.med(wall), "images_per_s_fastest_run": U.BATCH / min(wall),
+                "first_step_s": self._first[cfg][f"{fmt}/{variant}"]}
+            self._times.setdefault(cfg, {})[key[len(self.PREFIX):]] = t
+        for r in out.values():
+            for g, p in (("gloro", "plain"), ("gloro_bf16", "plain_bf16")):
+                if g in r and p in r:
+                    r[f"{g}/{p}"] = U.med([a / b for a, b in zip(r[g]["step_s"], r[p]["step_s"])])
+        self.results["configs"][cfg] = out
+        line = ", ".join(f"{fmt} " + " / ".join(f"{v} {d['images_per_s']:.0f}" for v, d in r.items()
+                                                  if isinstance(d, dict)) + " img/s" for fmt, r in out.items())
+        self.log(f"  PyTorch reference {cfg}: {line}")
+
+    def best_gloro(self, cfg):
+        """(format, round_robin times) of the faster PyTorch GloRo step of cfg, or None."""
+        fmts = {f: r["gloro"] for f, r in self.results["configs"].get(cfg, {}).items()
+                if isinstance(r, dict) and "gloro" in r}
+        if not fmts:
+            return None
+        f = max(fmts, key=lambda k: fmts[k]["images_per_s"])
+        return f, self._times[cfg][f"{f}/gloro"]
+
+    def close(self):
+        """Stop the child; returns `results`."""
+        if self.proc.poll() is None:
+            try:
+                self.request(op="quit")
+            except (RuntimeError, OSError, ValueError):
+                pass
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self._stderr.close()
+        return self.results
+
+
+def start_torch(args, log):
+    """A running `TorchChild`, or {"skipped": why} when there is no interpreter with torch."""
     python = torch_python(args.torch_python)
     if python is None:
         why = ("skipped: no interpreter with torch (--torch-python none, or torch not installed here and "
                "neither --torch-python nor $TORCH_PYTHON given); no PyTorch comparison in this report")
         log(f"  PyTorch reference {why}")
         return {"skipped": why}
-    cmd = [python, str(Path(__file__).resolve().parent / "torch_reference.py"), "--configs", ",".join(configs),
-           "--repeats", str(args.repeats)] + ([] if args.no_bf16 else ["--bf16"])
-    log(f"  PyTorch reference ({python})")
-    p = subprocess.run(cmd, capture_output=True, text=True, cwd=str(U.REPO))
-    if p.returncode:
-        log(f"  PyTorch reference FAILED: {p.stderr[-300:]}")
-        return {"error": p.stderr[-1000:], "command": " ".join(cmd)}
-    for line in p.stderr.splitlines():
-        if line.startswith("L"):
-            log(f"  {line}")
-    return dict(json.loads(p.stdout), command=" ".join(cmd))
+    log(f"  PyTorch reference ({python}, alternating with this process's steps)")
+    return TorchChild(python, log)
 
 
 def torch_best(results, cfg, variant="gloro"):
     """(memory format, its result) of the fastest PyTorch `variant` step for cfg, or None."""
     fmts = results.get("torch_reference", {}).get("configs", {}).get(cfg)
-    fmts = {f: r for f, r in (fmts or {}).items() if variant in r}
+    fmts = {f: r for f, r in (fmts or {}).items() if isinstance(r, dict) and variant in r}
     if not fmts:
         return None
     return max(fmts.items(), key=lambda kv: kv[1][variant]["images_per_s"])
@@ -165,6 +259,10 @@ def summary_rows(cfg, results):
                                    ", ".join(U.fmt(v[k]["images_per_s_fastest_run"]) for k in keys),
                                    "CPU s/step " + ", ".join(U.fmt(v[k]["step_cpu_s_median"]) for k in keys)))
     best = torch_best(results, cfg)
+    if "torch_gloro/gloro_full" in rat:
+        p = rat["torch_gloro/gloro_full"]
+        rows.append(U.ratio_row(cfg, f"PyTorch GloRo step ÷ GloRo (full) step, float32, per round "
+                                     f"({p['torch_format']}; the steps alternate)", p, "speedup_vs_pytorch"))
     if best:
         fmt, t = best
         tg = t["gloro"]
@@ -223,13 +321,14 @@ def details(results):
         rows = [[cfg, fmt, v, U.fmt(r[v]["images_per_s"]), U.fmt(r[v]["images_per_s_fastest_run"]),
                  U.fmt(1e3 * r[v]["step_s_median"]), U.fmt(r[v]["first_step_s"]),
                  U.fmt(r.get(f"{v}/{v.replace('gloro', 'plain')}", "")) if v.startswith("gloro") else ""]
-                for cfg, fmts in tr["configs"].items() for fmt, r in fmts.items()
+                for cfg, fmts in tr["configs"].items() for fmt, r in fmts.items() if isinstance(r, dict)
                 for v in ("plain", "gloro", "plain_bf16", "gloro_bf16") if v in r]
-        lines += ["", f"## PyTorch reference in this session (torch {tr['torch']}, {tr['threads']} threads)", "",
+        lines += ["", f"## PyTorch reference in this session (torch {tr.get('torch')}, {tr.get('threads')} threads)", "",
                   "`bench/torch_reference.py`: the same network and steps written in PyTorch from the paper "
                   "(not the authors' code, which is not available offline); 'gloro' = EMMA + 10 power "
-                  "iterations with autograd through all of them, like `bound_gradient=full`. Run in a child "
-                  "process before TensorFlow is loaded, with alternating rounds like the rest.", "",
+                  "iterations with autograd through all of them, like `bound_gradient=full`. " + (
+                  "Run in a child process (`--serve`) whose steps join the same rotating rounds as this "
+                  "process's." if tr.get("alternated") else "Run in a child process, before this process's steps."), "",
                   U.md_table(["config", "memory format", "variant", "img/s (median)", "img/s (fastest)",
                               "step ms (median)", "first step s", "GloRo ÷ plain (median of rounds)"], rows)]
     elif tr and "skipped" in tr:
@@ -248,16 +347,19 @@ def details(results):
 def main(argv=None):
     args, configs, s = U.start_section(__doc__, add_args, argv, dict(QUICK, configs="L6W64"))
     results = {"meta": s.meta, "configs": {}}
-    s.mark("PyTorch reference")
-    results["torch_reference"] = run_torch(args, configs, s.log)  # before TensorFlow is imported
+    torch = start_torch(args, s.log)
+    child = torch if isinstance(torch, TorchChild) else None
+    results["torch_reference"] = child.results if child else torch
     tf, keras = U.tf_keras()
     s.meta["environment"] = U.environment(tf, keras)
     xtr, ytr, _, s.meta["data"] = U.load_arrays()
     x, y = tf.constant(xtr), tf.constant(ytr)
     for cfg in configs:
         s.mark(f"{cfg} training")
-        results["configs"][cfg] = {"training": run(*U.parse_config(cfg), x, y, args, s.log)[0]}
+        results["configs"][cfg] = {"training": run(*U.parse_config(cfg), x, y, args, s.log, child)[0]}
         keras.backend.clear_session()
+    if child:
+        child.close()
     if not args.no_pipeline:
         s.mark("pipeline")
         results["pipeline"] = run_pipeline(args, s.log)

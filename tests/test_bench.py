@@ -1,11 +1,77 @@
-"""The benchmark scripts that must be ready to run elsewhere: bench/gpu_check.sh (CPU fallback)."""
+"""The benchmark scripts that must be ready to run elsewhere: bench/gpu_check.sh (CPU fallback),
+and the plumbing that alternates the PyTorch reference's steps with ours (bench/training.py)."""
 import json
 import os
 import subprocess
+import sys
+import textwrap
 
 import pytest
 
 from conftest import REPO
+
+sys.path.insert(0, str(REPO / "bench"))
+import _util as U  # noqa: E402
+import training  # noqa: E402
+
+# Stands in for `torch_reference.py --serve` (torch is not a test dependency): the same protocol,
+# with fixed step times in seconds, so the parent's bookkeeping can be checked exactly.
+FAKE_SERVER = textwrap.dedent("""
+    import json, sys
+    TIMES = {"nchw/plain": 0.2, "nchw/gloro": 0.3, "channels_last/plain": 0.25, "channels_last/gloro": 0.4}
+    for line in sys.stdin:
+        req = json.loads(line)
+        if req["op"] == "quit":
+            break
+        if req["op"] == "setup":
+            if req["config"] == "L9W9":
+                sys.exit("cannot build L9W9")
+            reply = {"steps": list(TIMES), "first_step_s": {k: 1.0 for k in TIMES},
+                     "torch": "fake", "threads": 2, "device": "cpu"}
+        else:
+            reply = {"wall": TIMES[req["step"]], "cpu": 2 * TIMES[req["step"]]}
+        print(json.dumps(reply), flush=True)
+""")
+
+
+def fake_python(tmp_path):
+    server = tmp_path / "server.py"
+    server.write_text(FAKE_SERVER)
+    exe = tmp_path / "python"
+    exe.write_text(f"#!/bin/sh\nexec {sys.executable} {server}\n")  # ignores torch_reference.py --serve
+    exe.chmod(0o755)
+    return str(exe)
+
+
+def test_torch_reference_steps_join_our_rounds_and_give_a_per_round_speedup(tmp_path):
+    child = training.TorchChild(fake_python(tmp_path), log=lambda s: None)
+    fns = child.join("L1W8", bf16=False, log=lambda s: None)
+    assert sorted(fns) == sorted(child.PREFIX + k for k in ("nchw/plain", "nchw/gloro", "channels_last/plain",
+                                                              "channels_last/gloro"))
+    fns["gloro_full"] = lambda: None  # ours, timed by this process's clocks
+    times = U.round_robin(fns, repeats=3)
+    child.collect("L1W8", {k: times.pop(k) for k in list(times) if k.startswith(child.PREFIX)})
+    assert list(times) == ["gloro_full"]
+    fmt, gloro = child.best_gloro("L1W8")  # the faster format's GloRo step, as the child timed it
+    assert fmt == "nchw" and gloro == {"wall": [0.3] * 3, "cpu": [0.6] * 3}
+    p = U.paired(gloro, times["gloro_full"])
+    assert p["median"] == pytest.approx(0.3 / U.med(times["gloro_full"]["wall"]), rel=0.5)
+    results = child.close()
+    assert child.proc.returncode == 0 and results["alternated"] and results["torch"] == "fake"
+    r = results["configs"]["L1W8"]
+    assert r["nchw"]["gloro"]["images_per_s"] == pytest.approx(U.BATCH / 0.3)
+    assert r["channels_last"]["gloro/plain"] == pytest.approx(1.6)
+    assert training.torch_best({"torch_reference": results}, "L1W8")[0] == "nchw"
+    json.dumps(results)  # goes into the report as it is
+
+
+def test_a_torch_reference_that_dies_is_reported_not_waited_for(tmp_path):
+    child = training.TorchChild(fake_python(tmp_path), log=lambda s: None)
+    logged = []
+    assert child.join("L9W9", bf16=False, log=logged.append) == {}
+    assert "cannot build L9W9" in child.results["configs"]["L9W9"]["error"] and "FAILED" in logged[0]
+    assert child.best_gloro("L9W9") is None
+    assert training.torch_best({"torch_reference": child.close()}, "L9W9") is None
 
 
 @pytest.mark.slow
