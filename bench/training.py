@@ -145,12 +145,15 @@ class TorchChild:
         self.proc = subprocess.Popen(self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=self._stderr, text=True, cwd=str(U.REPO))
         self.results = {"command": " ".join(self.command), "alternated": True, "configs": {}}
-        self._first, self._times = {}, {}
+        self._first, self._times, self.failed = {}, {}, None
 
     def request(self, **req):
-        self.proc.stdin.write(json.dumps(req) + "\n")
-        self.proc.stdin.flush()
-        line = self.proc.stdout.readline()
+        try:
+            self.proc.stdin.write(json.dumps(req) + "\n")
+            self.proc.stdin.flush()
+            line = self.proc.stdout.readline()
+        except OSError:  # the child is gone
+            line = ""
         if not line:
             self._stderr.seek(0)
             raise RuntimeError(f"{' '.join(self.command)} exited ({self.proc.wait()}): {self._stderr.read()[-600:]}")
@@ -159,22 +162,37 @@ class TorchChild:
             raise RuntimeError(f"PyTorch reference: {reply['error']}")
         return reply
 
+    def _step(self, key):
+        """One PyTorch step as {"wall", "cpu"}; after a failure NaN, and `failed` says why, so
+        the rounds of this process's own steps carry on."""
+        if self.failed is None:
+            try:
+                return self.request(op="step", step=key)
+            except RuntimeError as e:
+                self.failed = str(e)
+                self.log(f"  PyTorch reference FAILED: {e}")
+        return {"wall": float("nan"), "cpu": float("nan")}
+
     def join(self, cfg, bf16, log):
         """Build and warm cfg's PyTorch steps; returns {name: step} for `U.round_robin`."""
         try:
             r = self.request(op="setup", config=cfg, formats=list(self.FORMATS), bf16=bf16)
         except RuntimeError as e:
+            self.failed = self.failed or str(e)
             log(f"  PyTorch reference FAILED: {e}")
-            self.results["configs"][cfg] = {"error": str(e)}
+            self.results["configs"][cfg] = {"error": self.failed}
             return {}
         self.results.update(torch=r["torch"], threads=r["threads"], device=r["device"])
         self._first[cfg] = r["first_step_s"]
         log(f"  PyTorch reference: {', '.join(r['steps'])} (first step " +
             ", ".join(f"{U.fmt(t)}s" for t in r["first_step_s"].values()) + ")")
-        return {self.PREFIX + k: (lambda k=k: self.request(op="step", step=k)) for k in r["steps"]}
+        return {self.PREFIX + k: (lambda k=k: self._step(k)) for k in r["steps"]}
 
     def collect(self, cfg, times):
         """Statistics of cfg's PyTorch steps from `round_robin` times keyed PREFIX + format/variant."""
+        if self.failed is not None:
+            self.results["configs"][cfg] = {"error": self.failed}
+            return
         out = {}
         for key, t in times.items():
             fmt, variant = key[len(self.PREFIX):].split("/")
@@ -204,15 +222,16 @@ class TorchChild:
 
     def close(self):
         """Stop the child; returns `results`."""
-        if self.proc.poll() is None:
-            try:
-                self.request(op="quit")
-            except (RuntimeError, OSError, ValueError):
-                pass
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+        try:
+            self.proc.stdin.write(json.dumps({"op": "quit"}) + "\n")
+            self.proc.stdin.close()
+        except OSError:  # already gone
+            pass
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
         self._stderr.close()
         return self.results
 
