@@ -439,6 +439,38 @@ def ab_steps(kind, models, x, y, rounds, new, old, what):
     return p
 
 
+def bound_gradient_difference(models):
+    """Largest difference between the twins' gradients of the bound K (`body_bound(training=True)`,
+    from the same iterates), relative to each tensor's largest entry. TensorFlow only (else NaN)."""
+    import keras
+    import numpy as np
+
+    if keras.backend.backend() != "tensorflow":
+        return float("nan")
+    import tensorflow as tf
+
+    grads = []
+    for m in models.values():
+        saved = [np.asarray(v) for v in m.non_trainable_variables]
+        with tf.GradientTape() as tape:
+            k = m.body_bound(training=True)
+        grads.append([g for g in tape.gradient(k, m.trainable_variables) if g is not None])
+        for v, a in zip(m.non_trainable_variables, saved):  # the power iterates, as they were
+            v.assign(a)
+    return max(float(np.abs(a - b).max() / (np.abs(b).max() + 1e-30)) for a, b in zip(*grads))
+
+
+def ab_bound(doc, custom_objects, old, new, what):
+    """The bound A/B scripts' main: GloRo twins (`ab_twins`), the difference of their bound
+    gradients, then their training steps side by side (`ab_steps`)."""
+    args, L, W = ab_args(doc)
+    tf_keras()
+    xtr, ytr, _, _ = load_arrays()
+    models = ab_twins("gloro", L, W, custom_objects, old, new)
+    print(f"largest difference of the bound's gradient (relative): {bound_gradient_difference(models):.2g}")
+    return ab_steps("gloro", models, xtr, ytr, args.rounds, new, old, what)
+
+
 class count_calls:
     """Count calls of the given Python functions while the block runs, by observing call
     events (sys.setprofile / threading.setprofile): nothing is patched. The hook slows every

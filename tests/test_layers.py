@@ -27,6 +27,8 @@ CONV_CASES = {
     "neck_k4s4_padded": ((6, 6, 4), 4, 4, 4, ((1, 1), (1, 1))),
     "same_stride2_odd": ((7, 7, 2), 3, 3, 2, "same"),
     "valid_k3s2": ((9, 8, 2), 3, 3, 2, "valid"),
+    "same3x3_wide": ((5, 5, 20), 6, 3, 1, "same"),  # Cin ≥ PATCH_CHANNELS: a matmul per tap
+    "neck_k4s4_wide_rows_unused": ((9, 10, 18), 5, 4, 4, 0),
 }
 
 

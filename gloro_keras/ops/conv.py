@@ -4,12 +4,22 @@ import math
 from keras import ops
 
 
-def conv_kernel_vjp(x, g, kernel_size, strides, pads):
-    """∂⟨g, conv(pad(x), K, strides)⟩/∂K for a batch of pairs, as Σ over taps of xᵀg matmuls.
+PATCH_CHANNELS = 16  # below this many input channels, one im2col matmul beats a matmul per tap
+
+
+def conv_kernel_vjp(x, g, kernel_size, strides, pads, im2col="auto"):
+    """∂⟨g, conv(pad(x), K, strides)⟩/∂K for a batch of pairs: K̄[i, j] = Σ_{b,p,q}
+    x_pad[b, p·sh + i, q·sw + j]ᵀ g[b, p, q].
 
     x: (b, H, W, Cin), g: (b, Ho, Wo, Cout) → (kh, kw, Cin, Cout). Summing the batch here is
-    what lets one call replace a separate kernel gradient per power-iteration step.
+    what lets one call replace a separate kernel gradient per power-iteration step. Computed as
+    one matmul of the patches (b·Ho·Wo, kh·kw·Cin) with g when the patches are cheap to form (a
+    reshape where the kernel tiles x, stride = kernel size; a concatenation of the taps when Cin
+    is small), else as a sum over taps of one (Cin × b·Ho·Wo)·(b·Ho·Wo × Cout) matmul each;
+    im2col="never" always sums over taps (bench/ab_kernel_vjp.py compares the two).
     """
+    if im2col not in ("auto", "never"):
+        raise ValueError(f"im2col must be 'auto' or 'never'. Received: im2col={im2col!r}")
     (kh, kw), (sh, sw) = kernel_size, strides
     (pt, pb), (pl, pr) = pads
     if pt or pb or pl or pr:
@@ -17,12 +27,21 @@ def conv_kernel_vjp(x, g, kernel_size, strides, pads):
     ho, wo, cout = g.shape[1], g.shape[2], g.shape[3]
     cin = x.shape[-1]
     g2 = ops.reshape(g, (-1, cout))
-    taps = []
-    for i in range(kh):
-        for j in range(kw):
-            xs = x[:, i : i + sh * (ho - 1) + 1 : sh, j : j + sw * (wo - 1) + 1 : sw, :]
-            taps.append(ops.matmul(ops.transpose(ops.reshape(xs, (-1, cin))), g2))
-    return ops.reshape(ops.stack(taps, axis=0), (kh, kw, cin, cout))
+
+    def tap(i, j):
+        return x[:, i : i + sh * (ho - 1) + 1 : sh, j : j + sw * (wo - 1) + 1 : sw, :]
+
+    if im2col == "auto" and (kh, kw) == (sh, sw):  # x[b, p·kh + i, q·kw + j] is x6[b, p, i, q, j]
+        x6 = ops.reshape(x[:, : ho * kh, : wo * kw, :], (-1, ho, kh, wo, kw, cin))
+        patches = ops.transpose(x6, (0, 1, 3, 2, 4, 5))
+    elif im2col == "auto" and cin < PATCH_CHANNELS:
+        patches = ops.concatenate([tap(i, j) for i in range(kh) for j in range(kw)], axis=-1)
+    else:
+        taps = [ops.matmul(ops.transpose(ops.reshape(tap(i, j), (-1, cin))), g2)
+                for i in range(kh) for j in range(kw)]
+        return ops.reshape(ops.stack(taps, axis=0), (kh, kw, cin, cout))
+    patches = ops.reshape(patches, (-1, kh * kw * cin))  # rows (b, p, q), columns (i, j, Cin)
+    return ops.reshape(ops.matmul(ops.transpose(patches), g2), (kh, kw, cin, cout))
 
 
 CHUNK_ROWS = 2048  # output positions per chunk in `chunked_kernel_vjp` (4-8 images at 16×16 were fastest)
