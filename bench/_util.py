@@ -390,6 +390,23 @@ def paired(num, den):
             "cpu_median": med(cs), "cpu_min": min(cs), "cpu_max": max(cs)}
 
 
+def step_statistics(wall, first, cpu=None, batch=BATCH):
+    """{variant: statistics of its step times} for step times timed side by side (lists, one
+    entry per round), plus "gloro/plain" and "gloro_bf16/plain_bf16": medians of the per-round
+    ratios. `first`: {variant: first step s}; `cpu`: {variant: CPU s per step}, when measured.
+    The PyTorch reference's report shape (bench/torch_reference.py and training.TorchChild)."""
+    out = {}
+    for v, t in wall.items():
+        out[v] = {"step_s": t, "step_s_median": med(t), "images_per_s": batch / med(t),
+                  "images_per_s_fastest_run": batch / min(t), "first_step_s": first[v]}
+        if cpu is not None:
+            out[v]["step_cpu_s_median"] = med(cpu[v])
+    for g, p in (("gloro", "plain"), ("gloro_bf16", "plain_bf16")):
+        if g in wall and p in wall:
+            out[f"{g}/{p}"] = med([a / b for a, b in zip(wall[g], wall[p])])
+    return out
+
+
 def ab_args(doc):
     """--config, --rounds, --kinds of the A/B scripts; returns (args, L, W)."""
     ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])

@@ -112,9 +112,7 @@ def main(argv=None):
         for cfg in configs:
             s.mark(f"{cfg} memory")
             mem[cfg] = memory.run(cfg, args, s.log)
-    torch = training.start_torch(args, s.log)  # steps alternate with ours in training.run
-    child = torch if isinstance(torch, training.TorchChild) else None
-    torch_ref = child.results if child else torch
+    child, torch_ref = training.start_torch(args, s.log)  # its steps alternate with ours in training.run
     s.meta["parent_peak_rss_mb_before_tf"] = U.maxrss_mb()
     tf, keras = U.tf_keras()
     s.meta["environment"] = U.environment(tf, keras)

@@ -25,12 +25,15 @@ same rotating rounds as their own.
 import argparse
 import json
 import math
-import statistics
 import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _util import step_statistics  # noqa: E402  (standard library only: runs in a torch-only venv)
 
 
 def minmax(z):
@@ -153,16 +156,6 @@ def setup_config(L, W, fmt, bf16=False, batch=256, seed=0):
     return steps, first, x, y
 
 
-def summarize(times, first, batch=256):
-    """{variant: step-time statistics} plus per-round GloRo ÷ plain medians."""
-    out = {v: dict(step_s=t, step_s_median=statistics.median(t), images_per_s=batch / statistics.median(t),
-                   images_per_s_fastest_run=batch / min(t), first_step_s=first[v]) for v, t in times.items()}
-    for g, p in (("gloro", "plain"), ("gloro_bf16", "plain_bf16")):
-        if g in times and p in times:
-            out[f"{g}/{p}"] = statistics.median(a / b for a, b in zip(times[g], times[p]))
-    return out
-
-
 def bench_config(L, W, fmt, repeats, bf16=False):
     if DEVICE == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -173,7 +166,7 @@ def bench_config(L, W, fmt, repeats, bf16=False):
             t0 = time.perf_counter()
             steps[v](x, y)
             times[v].append(time.perf_counter() - t0)
-    out = summarize(times, first)
+    out = step_statistics(times, first)
     if DEVICE == "cuda":
         out["peak_gpu_memory_mb"] = torch.cuda.max_memory_allocated() / 2 ** 20  # all variants of this config
     return out

@@ -48,7 +48,7 @@ def run(L, W, x, y, args, log, torch=None):
     fns = {v: (lambda m=m: m.train_on_batch(x, y)) for v, m in models.items()}
     cfg = f"L{L}W{W}"
     if torch is not None:
-        fns.update(torch.join(cfg, not args.no_bf16, log))
+        fns.update(torch.join(cfg, not args.no_bf16))
     times = U.round_robin(fns, args.repeats, calls=args.steps)
     if torch is not None:
         torch.collect(cfg, {k: times.pop(k) for k in list(times) if k.startswith(TorchChild.PREFIX)})
@@ -173,18 +173,18 @@ class TorchChild:
                 self.log(f"  PyTorch reference FAILED: {e}")
         return {"wall": float("nan"), "cpu": float("nan")}
 
-    def join(self, cfg, bf16, log):
+    def join(self, cfg, bf16):
         """Build and warm cfg's PyTorch steps; returns {name: step} for `U.round_robin`."""
         try:
             r = self.request(op="setup", config=cfg, formats=list(self.FORMATS), bf16=bf16)
         except RuntimeError as e:
             self.failed = self.failed or str(e)
-            log(f"  PyTorch reference FAILED: {e}")
+            self.log(f"  PyTorch reference FAILED: {e}")
             self.results["configs"][cfg] = {"error": self.failed}
             return {}
         self.results.update(torch=r["torch"], threads=r["threads"], device=r["device"])
         self._first[cfg] = r["first_step_s"]
-        log(f"  PyTorch reference: {', '.join(r['steps'])} (first step " +
+        self.log(f"  PyTorch reference: {', '.join(r['steps'])} (first step " +
             ", ".join(f"{U.fmt(t)}s" for t in r["first_step_s"].values()) + ")")
         return {self.PREFIX + k: (lambda k=k: self._step(k)) for k in r["steps"]}
 
@@ -193,19 +193,15 @@ class TorchChild:
         if self.failed is not None:
             self.results["configs"][cfg] = {"error": self.failed}
             return
-        out = {}
+        by_format = {}  # {format: {variant: round_robin times}}
         for key, t in times.items():
             fmt, variant = key[len(self.PREFIX):].split("/")
-            wall = t["wall"]
-            out.setdefault(fmt, {})[variant] = {
-                "step_s": wall, "step_s_median": U.med(wall), "step_cpu_s_median": U.med(t["cpu"]),
-                "images_per_s": U.BATCH / U.med(wall), "images_per_s_fastest_run": U.BATCH / min(wall),
-                "first_step_s": self._first[cfg][f"{fmt}/{variant}"]}
-            self._times.setdefault(cfg, {})[key[len(self.PREFIX):]] = t
-        for r in out.values():
-            for g, p in (("gloro", "plain"), ("gloro_bf16", "plain_bf16")):
-                if g in r and p in r:
-                    r[f"{g}/{p}"] = U.med([a / b for a, b in zip(r[g]["step_s"], r[p]["step_s"])])
+            by_format.setdefault(fmt, {})[variant] = t
+            self._times.setdefault(cfg, {})[f"{fmt}/{variant}"] = t
+        out = {fmt: U.step_statistics({v: t["wall"] for v, t in ts.items()},
+                                      {v: self._first[cfg][f"{fmt}/{v}"] for v in ts},
+                                      {v: t["cpu"] for v, t in ts.items()})
+               for fmt, ts in by_format.items()}
         self.results["configs"][cfg] = out
         line = ", ".join(f"{fmt} " + " / ".join(f"{v} {d['images_per_s']:.0f}" for v, d in r.items()
                                                   if isinstance(d, dict)) + " img/s" for fmt, r in out.items())
@@ -237,15 +233,17 @@ class TorchChild:
 
 
 def start_torch(args, log):
-    """A running `TorchChild`, or {"skipped": why} when there is no interpreter with torch."""
+    """(a running `TorchChild`, its `results`), or (None, {"skipped": why}) when there is no
+    interpreter with torch."""
     python = torch_python(args.torch_python)
     if python is None:
         why = ("skipped: no interpreter with torch (--torch-python none, or torch not installed here and "
                "neither --torch-python nor $TORCH_PYTHON given); no PyTorch comparison in this report")
         log(f"  PyTorch reference {why}")
-        return {"skipped": why}
+        return None, {"skipped": why}
     log(f"  PyTorch reference ({python}, alternating with this process's steps)")
-    return TorchChild(python, log)
+    child = TorchChild(python, log)
+    return child, child.results
 
 
 def torch_best(results, cfg, variant="gloro"):
@@ -366,9 +364,7 @@ def details(results):
 def main(argv=None):
     args, configs, s = U.start_section(__doc__, add_args, argv, dict(QUICK, configs="L6W64"))
     results = {"meta": s.meta, "configs": {}}
-    torch = start_torch(args, s.log)
-    child = torch if isinstance(torch, TorchChild) else None
-    results["torch_reference"] = child.results if child else torch
+    child, results["torch_reference"] = start_torch(args, s.log)
     tf, keras = U.tf_keras()
     s.meta["environment"] = U.environment(tf, keras)
     xtr, ytr, _, s.meta["data"] = U.load_arrays()

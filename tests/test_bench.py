@@ -45,7 +45,7 @@ def fake_python(tmp_path):
 
 def test_torch_reference_steps_join_our_rounds_and_give_a_per_round_speedup(tmp_path):
     child = training.TorchChild(fake_python(tmp_path), log=lambda s: None)
-    fns = child.join("L1W8", bf16=False, log=lambda s: None)
+    fns = child.join("L1W8", bf16=False)
     assert sorted(fns) == sorted(child.PREFIX + k for k in ("nchw/plain", "nchw/gloro", "channels_last/plain",
                                                               "channels_last/gloro"))
     fns["gloro_full"] = lambda: None  # ours, timed by this process's clocks
@@ -68,7 +68,7 @@ def test_torch_reference_steps_join_our_rounds_and_give_a_per_round_speedup(tmp_
 def test_a_torch_reference_that_dies_is_reported_and_our_rounds_carry_on(tmp_path):
     logged = []
     child = training.TorchChild(fake_python(tmp_path), log=logged.append)
-    fns = child.join("L1W8", bf16=False, log=logged.append)
+    fns = child.join("L1W8", bf16=False)
     child.proc.kill()  # dies between setup and the rounds
     child.proc.wait()
     fns["gloro_full"] = lambda: None
@@ -77,14 +77,14 @@ def test_a_torch_reference_that_dies_is_reported_and_our_rounds_carry_on(tmp_pat
     assert len(times["gloro_full"]["wall"]) == 2  # ours were timed all the same
     assert "exited" in child.results["configs"]["L1W8"]["error"] and any("FAILED" in s for s in logged)
     assert child.best_gloro("L1W8") is None
-    assert child.join("L2W8", bf16=False, log=logged.append) == {}  # later configs fail fast
+    assert child.join("L2W8", bf16=False) == {}  # later configs fail fast
     assert training.torch_best({"torch_reference": child.close()}, "L1W8") is None
 
 
 def test_a_torch_reference_that_cannot_build_a_config_is_reported(tmp_path):
     logged = []
     child = training.TorchChild(fake_python(tmp_path), log=logged.append)
-    assert child.join("L9W9", bf16=False, log=logged.append) == {}
+    assert child.join("L9W9", bf16=False) == {}
     assert "cannot build L9W9" in child.results["configs"]["L9W9"]["error"] and "FAILED" in logged[0]
     assert child.best_gloro("L9W9") is None
     assert training.torch_best({"torch_reference": child.close()}, "L9W9") is None
