@@ -407,12 +407,15 @@ def step_statistics(wall, first, cpu=None, batch=BATCH):
     return out
 
 
-def ab_args(doc):
-    """--config, --rounds, --kinds of the A/B scripts; returns (args, L, W)."""
+def ab_args(doc, baseline=None):
+    """--config, --rounds, --kinds of the A/B scripts (and --baseline when given as (default,
+    choices)); returns (args, L, W)."""
     ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     ap.add_argument("--config", default="L6W64")
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--kinds", default="plain,gloro")
+    if baseline is not None:
+        ap.add_argument("--baseline", default=baseline[0], choices=baseline[1])
     args = ap.parse_args()
     return (args, *parse_config(args.config))
 

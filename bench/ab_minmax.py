@@ -1,11 +1,14 @@
 #!/usr/bin/env python
-"""A/B of MinMax's gradient: the layer's own (one mask, two selects) vs autodiff of maximum/minimum.
+"""A/B of MinMax: the layer as shipped vs a baseline implementation.
 
-    python bench/ab_minmax.py --config L6W64 --rounds 6
+    python bench/ab_minmax.py --config L6W64 --rounds 6                     # vs autodiff
+    python bench/ab_minmax.py --config L6W128 --rounds 6 --baseline split   # vs split/concat kernels
 
+Baselines: `autodiff`, `concat([maximum(a, b), minimum(a, b)])` of `split(x, 2)` differentiated by
+autodiff (the first implementation); `split`, the shipped mask gradient and XLA fusion written with
+split/concatenate on the channel axis (shipped until the (n, 2, c/2) view replaced it).
 Builds the same network twice in ONE process with the same weights: as shipped, and with every
-MinMax replaced by a subclass whose `call` is `concat([maximum(a, b), minimum(a, b)])`
-differentiated by autodiff (the previous implementation), rebuilt from the network's config by
+MinMax replaced by a subclass running the baseline, rebuilt from the network's config by
 public Keras deserialization (`keras.Model.from_config` inside `keras.saving.custom_object_scope`).
 For the plain network (sparse cross-entropy) and the GloRo model (EMMA, bound_gradient="full"):
 checks that the gradients agree (TensorFlow: in a graph, as in `fit`), then times training steps of
@@ -40,7 +43,49 @@ def autodiff_minmax():
     return {keras.saving.get_registered_name(gk.layers.MinMax): cls}
 
 
-def gradient_difference(models, x):
+def split_minmax():
+    import functools
+
+    import keras
+    import tensorflow as tf
+    from keras import ops
+
+    import gloro_keras as gk
+
+    def forward(x):
+        a, b = ops.split(x, 2, axis=-1)
+        return ops.concatenate([ops.maximum(a, b), ops.minimum(a, b)], axis=-1), ops.greater_equal(a, b)
+
+    def backward(keep, g):
+        ga, gb = ops.split(g, 2, axis=-1)
+        return ops.concatenate([ops.where(keep, ga, gb), ops.where(keep, gb, ga)], axis=-1)
+
+    @functools.cache
+    def fused():
+        return (tf.function(forward, jit_compile=True, autograph=False),
+                tf.function(backward, jit_compile=True, autograph=False))
+
+    @ops.custom_gradient
+    def sort_halves(x):
+        fwd, bwd = (forward, backward) if tf.executing_eagerly() else fused()
+        y, keep = fwd(x)
+
+        def grad(*args, upstream=None):
+            return bwd(keep, args[0] if upstream is None else upstream)
+
+        return y, grad
+
+    def call(self, x):
+        return gk.layers.MinMax.call(self, x) if self.pairing != "halves" else sort_halves(x)
+
+    cls = type("SplitMinMax", (gk.layers.MinMax,), {"call": call})
+    return {keras.saving.get_registered_name(gk.layers.MinMax): cls}
+
+
+BASELINES = {"autodiff": autodiff_minmax, "split": split_minmax}
+
+
+def gradient_difference(models, x, baseline):
     """Largest difference between the twins' network gradients (relative to each tensor's max),
     computed in a tf.function as in `fit`, where MinMax runs its XLA-fused kernels. TensorFlow only."""
     import tensorflow as tf
@@ -58,11 +103,11 @@ def gradient_difference(models, x):
 
         grads[name] = [g.numpy() for g in gradient()]
     return max(float(np.abs(a - b).max() / (np.abs(b).max() + 1e-30))
-               for a, b in zip(grads["autodiff"], grads["layer"]))
+               for a, b in zip(grads[baseline], grads["layer"]))
 
 
 def main():
-    args, L, W = U.ab_args(__doc__)
+    args, L, W = U.ab_args(__doc__, baseline=("autodiff", tuple(BASELINES)))
 
     import keras
 
@@ -74,11 +119,11 @@ def main():
           + (f"oneDNN {U.onednn_state()['onednn']}" if tensorflow
              else f"Keras backend {keras.backend.backend()} (no gradient check)"), flush=True)
     for kind in args.kinds.split(","):
-        models = U.ab_twins(kind, L, W, autodiff_minmax(), "autodiff", "layer")
+        models = U.ab_twins(kind, L, W, BASELINES[args.baseline](), args.baseline, "layer")
         if tensorflow:
             print(f"{kind}: largest gradient difference (relative to the tensor's max) "
-                  f"{gradient_difference(models, x):.2g}", flush=True)
-        U.ab_steps(kind, models, x, y, args.rounds, "layer", "autodiff", "layer ÷ autodiff MinMax")
+                  f"{gradient_difference(models, x, args.baseline):.2g}", flush=True)
+        U.ab_steps(kind, models, x, y, args.rounds, "layer", args.baseline, f"layer ÷ {args.baseline} MinMax")
 
 
 if __name__ == "__main__":

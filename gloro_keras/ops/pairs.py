@@ -5,16 +5,27 @@ import keras
 from keras import ops
 
 
+def _pairs(x):
+    """x = [a, b] on the last axis as (a, b), each (n, c/2) with n the other axes' product."""
+    half = x.shape[-1] // 2
+    s = ops.reshape(x, (-1, 2, half))
+    return s[:, 0], s[:, 1]
+
+
 def _sort_halves_ops(x):
-    """(y, keep) = ([max(a, b), min(a, b)], a ≥ b) for x = [a, b] on the last axis."""
-    a, b = ops.split(x, 2, axis=-1)
-    return ops.concatenate([ops.maximum(a, b), ops.minimum(a, b)], axis=-1), ops.greater_equal(a, b)
+    """(y, keep) = ([max(a, b), min(a, b)], a ≥ b) for x = [a, b] on the last axis; keep is
+    (n, c/2). Written on the (n, 2, c/2) view with a stack rather than split + concatenate on
+    the last axis: at 128 channels XLA:CPU runs this form 1.4× faster (forward) and 1.6× faster
+    (backward), same values (bench/results/ab_minmax.md)."""
+    a, b = _pairs(x)
+    y = ops.stack([ops.maximum(a, b), ops.minimum(a, b)], axis=1)
+    return ops.reshape(y, ops.shape(x)), ops.greater_equal(a, b)
 
 
 def _swap_by_mask_ops(keep, g):
     """∂ of `_sort_halves_ops` for upstream g = [g_a, g_b]: [where(keep, g_a, g_b), where(keep, g_b, g_a)]."""
-    ga, gb = ops.split(g, 2, axis=-1)
-    return ops.concatenate([ops.where(keep, ga, gb), ops.where(keep, gb, ga)], axis=-1)
+    ga, gb = _pairs(g)
+    return ops.reshape(ops.stack([ops.where(keep, ga, gb), ops.where(keep, gb, ga)], axis=1), ops.shape(g))
 
 
 @functools.cache
