@@ -135,11 +135,12 @@ def test_liresnet_default_init_follows_the_paper():
     np.testing.assert_allclose(k, delta, atol=1e-6)
 
 
+@pytest.mark.parametrize("batch", [1, 2])  # one example of a strided layer: gather + matmul
 @pytest.mark.parametrize("case", sorted(CONV_CASES))
-def test_conv_adjoint_is_exact(case):
+def test_conv_adjoint_is_exact(case, batch):
     shape, filters, k, s, p = CONV_CASES[case]
     layer = build(LipschitzConv2D(filters, k, strides=s, padding=p), shape)
-    x = np.random.randn(2, *shape).astype("float32")
+    x = np.random.randn(batch, *shape).astype("float32")
     ax = layer.apply_linear(x, layer.kernel)
     v = np.random.randn(*ax.shape).astype("float32")
     atv = layer.apply_adjoint(v, layer.kernel)
@@ -152,6 +153,26 @@ def test_conv_adjoint_is_exact(case):
         pads = ((p, p), (p, p)) if isinstance(p, int) else p
         ref = ops.conv(np.pad(x, ((0, 0), *pads, (0, 0))), layer.kernel, strides=s, padding="valid")
         np.testing.assert_allclose(ops.convert_to_numpy(ax), ops.convert_to_numpy(ref), atol=1e-5)
+
+
+@pytest.mark.parametrize("case", sorted(c for c in CONV_CASES if CONV_CASES[c][3] != 1))
+def test_one_example_of_a_strided_conv_is_the_batched_map(case):
+    """A strided layer's one-example A and Aᵀ (`example_conv`, the power iterate's path) are the
+    maps its batched convolutions compute, example by example (float64 where the backend has it:
+    only the order of the sums differs)."""
+    shape, filters, k, s, p = CONV_CASES[case]
+    layer = build(LipschitzConv2D(filters, k, strides=s, padding=p), shape)
+    kernel = ops.cast(layer.kernel, "float64")
+    x = np.random.randn(3, *shape)
+    ax = ops.convert_to_numpy(layer.apply_linear(x, kernel))
+    v = np.random.randn(*ax.shape)
+    atv = ops.convert_to_numpy(layer.apply_adjoint(v, kernel))
+    tol = 1e-12 if ax.dtype == np.float64 else 2e-6  # JAX without x64 computes in float32
+    for i in range(3):
+        one = ops.convert_to_numpy(layer.apply_linear(x[i : i + 1], kernel))
+        np.testing.assert_allclose(one, ax[i : i + 1], rtol=0, atol=tol * np.abs(ax).max())
+        one = ops.convert_to_numpy(layer.apply_adjoint(v[i : i + 1], kernel))
+        np.testing.assert_allclose(one, atv[i : i + 1], rtol=0, atol=tol * np.abs(atv).max())
 
 
 def _check_against_exact(layer, shape):

@@ -2,7 +2,7 @@
 import keras
 from keras import ops
 
-from gloro_keras.ops.conv import conv_kernel_vjp
+from gloro_keras.ops.conv import conv_kernel_vjp, example_conv, example_conv_transpose, patch_index
 from gloro_keras.ops.padding import as_pair, normalize_padding
 from gloro_keras.ops.precision import accumulate_float64, affine
 from gloro_keras.layers.lipschitz_layer import LipschitzLayer
@@ -15,7 +15,9 @@ class LipschitzConv2D(LipschitzLayer):
     `y = conv(zero_pad(x), K, strides) + b`. Power iteration runs on the exact operator
     A and its adjoint Aᵀ (transposed conv with matching output padding, then crop), on an
     iterate shaped like one input example, so the estimate is the norm of the layer at
-    its real input size (not of a circular or unpadded surrogate).
+    its real input size (not of a circular or unpadded surrogate). A strided layer applies
+    A and Aᵀ to one example as a gather of its patches and a matmul (`example_conv`), the
+    same map, cheaper than a convolution kernel at batch 1 (bench/results/ab_example_conv.md).
 
     Args:
         filters: output channels.
@@ -92,10 +94,18 @@ class LipschitzConv2D(LipschitzLayer):
             if self.use_bias
             else None
         )
+        # one example of a strided layer (the power iterate) runs as a gather + matmul
+        self._patch_index = (patch_index(self.padded_hw, self.kernel_size, self.strides)
+                             if self.strides != (1, 1) else None)
         self.build_iterate((1, int(h), int(w), int(cin)))
+
+    def _one_strided_example(self, x):
+        return self._patch_index is not None and x.shape[0] == 1
 
     # A: pad then 'valid' conv; Aᵀ: 'valid' transposed conv to the padded size, then crop.
     def apply_linear(self, x, kernel):
+        if self._one_strided_example(x):
+            return example_conv(x, kernel, self._patch_index, self.pads, self.output_hw)
         if self._same_stride1:
             return ops.conv(x, kernel, strides=1, padding="same")
         (pt, pb), (pl, pr) = self.pads
@@ -104,6 +114,8 @@ class LipschitzConv2D(LipschitzLayer):
         return ops.conv(x, kernel, strides=self.strides, padding="valid")
 
     def apply_adjoint(self, v, kernel):
+        if self._one_strided_example(v):
+            return example_conv_transpose(v, kernel, self._patch_index, self.pads, self.input_hw)
         if self._same_stride1:
             return ops.conv_transpose(v, kernel, strides=1, padding="same")
         kh, kw = self.kernel_size

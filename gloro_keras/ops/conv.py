@@ -1,6 +1,7 @@
-"""Kernel gradients of 2-D convolutions, batched (keras.ops)."""
+"""2-D convolutions as matmuls: batched kernel gradients, one-example maps (keras.ops)."""
 import math
 
+import numpy as np
 from keras import ops
 
 
@@ -74,3 +75,51 @@ def chunked_kernel_vjp(kernel_vjp, x, g, kernel, rows=CHUNK_ROWS):
 
     total, _ = ops.scan(add, ops.zeros(kernel.shape, "float32"), (xs, gs))
     return ops.cast(total, kernel.dtype)
+
+
+def patch_index(padded_hw, kernel_size, strides):
+    """Flat positions in a padded (Hp, Wp) image of every kernel tap at every output position.
+
+    Returns an int32 vector of length Ho·Wo·kh·kw, ordered (p, q, i, j): entry
+    `(p·sh + i)·Wp + (q·sw + j)`, so gathering an example's rows `(Hp·Wp, C)` by it and
+    reshaping to `(Ho·Wo, kh·kw·C)` gives the patches whose product with the kernel reshaped
+    to `(kh·kw·C, Cout)` is the 'valid' strided convolution.
+
+    Example:
+    >>> patch_index((4, 4), (2, 2), (2, 2))[:4]   # output (0, 0): taps (0,0) (0,1) (1,0) (1,1)
+    array([0, 1, 4, 5], dtype=int32)
+    """
+    (hp, wp), (kh, kw), (sh, sw) = padded_hw, kernel_size, strides
+    ho, wo = (hp - kh) // sh + 1, (wp - kw) // sw + 1
+    rows = np.arange(ho)[:, None, None, None] * sh + np.arange(kh)[None, None, :, None]
+    cols = np.arange(wo)[None, :, None, None] * sw + np.arange(kw)[None, None, None, :]
+    return (rows * wp + cols).reshape(-1).astype("int32")
+
+
+def _kernel_matrix(kernel):
+    return ops.reshape(kernel, (-1, kernel.shape[-1]))  # rows (i, j, Cin), columns Cout
+
+
+def example_conv(x, kernel, index, pads, output_hw):
+    """conv(zero_pad(x), K, strides) of ONE example x (1, H, W, Cin) as a gather of its patches
+    (`patch_index`) and one matmul → (1, Ho, Wo, Cout). The same linear map as `ops.conv`
+    (float32 sums in another order); for a strided convolution on one example (a power-iteration
+    iterate) it is cheaper than TensorFlow's convolution kernels."""
+    (pt, pb), (pl, pr) = pads
+    cin = x.shape[-1]
+    x = ops.reshape(ops.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0))), (-1, cin))
+    patches = ops.reshape(ops.take(x, index, axis=0), (output_hw[0] * output_hw[1], -1))
+    return ops.reshape(ops.matmul(patches, _kernel_matrix(kernel)), (1, *output_hw, kernel.shape[-1]))
+
+
+def example_conv_transpose(v, kernel, index, pads, input_hw):
+    """The adjoint of `example_conv`: v (1, Ho, Wo, Cout) → (1, H, W, Cin), by one matmul with
+    Kᵀ and a scatter-add of the patches' rows back to their positions (`ops.segment_sum`),
+    then the crop of the padding."""
+    (pt, pb), (pl, pr) = pads
+    h, w = input_hw
+    hp, wp = h + pt + pb, w + pl + pr
+    cin = kernel.shape[-2]
+    cols = ops.matmul(ops.reshape(v, (-1, kernel.shape[-1])), ops.transpose(_kernel_matrix(kernel)))
+    x = ops.segment_sum(ops.reshape(cols, (-1, cin)), index, num_segments=hp * wp)
+    return ops.reshape(x, (1, hp, wp, cin))[:, pt : pt + h, pl : pl + w, :]
