@@ -175,6 +175,24 @@ def test_one_example_of_a_strided_conv_is_the_batched_map(case):
         np.testing.assert_allclose(one, atv[i : i + 1], rtol=0, atol=tol * np.abs(atv).max())
 
 
+
+@pytest.mark.parametrize("shape", [(3, 5, 5, 4), (7, 6), (2, 3, 3, 3, 2)])
+def test_add_bias_is_the_broadcast_addition_with_its_gradient(shape):
+    """`add_bias` (on TensorFlow the bias gradient of images is a matmul 1ᵀ·ḡ) has the value of
+    y + b and the gradient of the broadcast addition, in float64 up to summation order."""
+    from gloro_keras.ops import add_bias
+
+    y = np.random.randn(*shape).astype("float32")
+    b = np.random.randn(shape[-1]).astype("float32")
+    g = np.random.randn(*shape).astype("float32")
+    out = ops.convert_to_numpy(add_bias(ops.convert_to_tensor(y), ops.convert_to_tensor(b)))
+    gy = input_gradient(lambda t: add_bias(t, ops.convert_to_tensor(b)) * g, y)
+    gb = input_gradient(lambda t: add_bias(ops.convert_to_tensor(y), t) * g, b)
+    np.testing.assert_array_equal(out, y + b)  # the same single rounding as y + b
+    np.testing.assert_array_equal(gy, g)
+    want = g.astype("float64").reshape(-1, shape[-1]).sum(axis=0)
+    np.testing.assert_allclose(gb, want, rtol=0, atol=1e-5 * np.abs(g).sum(axis=tuple(range(len(shape) - 1))).max())
+
 def _check_against_exact(layer, shape):
     """Converged power iteration vs SVD of the explicit operator of the real forward map."""
     exact = spectral_norm(explicit_matrix(linear_part(layer), shape))

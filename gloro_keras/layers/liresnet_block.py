@@ -5,6 +5,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from gloro_keras.ops.bias import add_bias
 from gloro_keras.ops.conv import conv_kernel_vjp
 from gloro_keras.layers.lipschitz_layer import LipschitzLayer
 
@@ -126,9 +127,7 @@ class LiResNetBlock(LipschitzLayer):
             y = self.training_linear(x, self.linear_kernel())
         else:
             y = x + self.apply_linear(x, self.residual_merged_kernel())
-        if self.bias is not None:
-            y = y + self.bias
-        return y
+        return add_bias(y, self.bias)
 
     def compute_output_shape(self, input_shape):
         return input_shape

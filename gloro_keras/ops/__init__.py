@@ -1,9 +1,10 @@
 """Shared math at the bottom of the library: norms, padding, labels, margins, certificates,
-precision, sorting pairs. Imports only Keras and NumPy (TensorFlow lazily, for the XLA-fused
+precision, sorting pairs, bias addition. Imports only Keras and NumPy (TensorFlow lazily, for the XLA-fused
 MinMax on that backend); every other gloro_keras module may import it.
 
     from gloro_keras.ops import bottom_logit, check_epsilon, MarginCertificate
 """
+from gloro_keras.ops.bias import add_bias
 from gloro_keras.ops.certificate import MarginCertificate, certified_radius_np, certify_np, margin_slack_rate
 from gloro_keras.ops.conv import conv_kernel_vjp
 from gloro_keras.ops.epsilon import check_epsilon
@@ -33,7 +34,7 @@ from gloro_keras.ops.relaxations import Affinity, Relaxation, RelaxedCertificate
 
 __all__ = [
     "Affinity", "FLOAT64_SAFETY", "MarginCertificate", "ReducedPrecisionError", "Relaxation", "RelaxedCertificate", "TINY", "TopK",
-    "accumulate_float64", "affine", "as_pair", "bottom_logit", "certified_radius_np", "certify_np", "check_epsilon", "check_float32_math",
+    "accumulate_float64", "add_bias", "affine", "as_pair", "bottom_logit", "certified_radius_np", "certify_np", "check_epsilon", "check_float32_math",
     "conv_kernel_vjp", "explicit_padding", "finite_argmax", "float64_available", "full_precision_kernels",
     "gloro_outputs", "l2_normalize", "label_lift", "margin_slack_rate", "normalize_padding", "pairwise_distances",
     "pairwise_distances_np", "pairwise_distances_upper", "predicted_class", "safe_norm", "sort_halves", "sparse_labels",

@@ -18,6 +18,8 @@ import os
 import keras
 from keras import ops
 
+from gloro_keras.ops.bias import add_bias
+
 
 # Environment variables that let oneDNN lower float32 arithmetic, and the value that does not.
 REDUCED_PRECISION_VARIABLES = ("TF_SET_ONEDNN_FPMATH_MODE", "ONEDNN_DEFAULT_FPMATH_MODE",
@@ -96,7 +98,5 @@ def affine(linear, x, kernel, bias, compute_dtype, float64=False):
     if float64:
         x, kernel = ops.cast(x, "float64"), ops.cast(kernel, "float64")
         bias = None if bias is None else ops.cast(bias, "float64")
-    y = linear(x, kernel)
-    if bias is not None:
-        y = y + bias
+    y = add_bias(linear(x, kernel), bias)
     return ops.cast(y, compute_dtype) if float64 else y
