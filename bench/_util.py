@@ -459,6 +459,17 @@ def ab_steps(kind, models, x, y, rounds, new, old, what):
     return p
 
 
+def ab_kinds(args, L, W, custom_objects, old, new, what, x, y, difference=None):
+    """The A/B scripts' loop over --kinds: the twins (`ab_twins`), the largest difference of their
+    gradients (`difference(models)`, when given) and their steps side by side (`ab_steps`)."""
+    for kind in args.kinds.split(","):
+        models = ab_twins(kind, L, W, custom_objects, old, new)
+        if difference is not None:
+            print(f"{kind}: largest gradient difference (relative to the tensor's max) "
+                  f"{difference(models):.2g}", flush=True)
+        ab_steps(kind, models, x, y, args.rounds, new, old, what)
+
+
 def bound_gradient_difference(models):
     """Largest difference between the twins' gradients of the bound K (`body_bound(training=True)`,
     from the same iterates), relative to each tensor's largest entry. TensorFlow only (else NaN)."""

@@ -67,11 +67,8 @@ def main():
     x, y, _, source = U.load_arrays()
     x, y = tf.convert_to_tensor(x), tf.convert_to_tensor(y)
     print(f"{args.config}, batch {len(y)} from {source}; oneDNN {U.onednn_state()['onednn']}", flush=True)
-    for kind in args.kinds.split(","):
-        models = U.ab_twins(kind, L, W, broadcast_bias(), "broadcast", "layer")
-        print(f"{kind}: largest gradient difference (relative to the tensor's max) "
-              f"{gradient_difference(models, x, 'broadcast'):.2g}", flush=True)
-        U.ab_steps(kind, models, x, y, args.rounds, "layer", "broadcast", "add_bias (matmul) ÷ broadcast bias gradient")
+    U.ab_kinds(args, L, W, broadcast_bias(), "broadcast", "layer", "add_bias (matmul) ÷ broadcast bias gradient",
+               x, y, difference=lambda models: gradient_difference(models, x, "broadcast"))
 
 
 if __name__ == "__main__":

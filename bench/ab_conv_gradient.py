@@ -66,11 +66,8 @@ def main():
         sys.exit("ab_conv_gradient.py compares JAX's two gradients: run it with KERAS_BACKEND=jax.")
     x, y, _, source = U.load_arrays()
     print(f"{args.config}, batch {len(y)} from {source}; Keras backend jax", flush=True)
-    for kind in args.kinds.split(","):
-        models = U.ab_twins(kind, L, W, autodiff_layers(), "autodiff", "by_hand")
-        print(f"{kind}: largest gradient difference (relative to the tensor's max) "
-              f"{gradient_difference(models, x):.2g}", flush=True)
-        U.ab_steps(kind, models, x, y, args.rounds, "by_hand", "autodiff", "by hand ÷ autodiff conv gradient")
+    U.ab_kinds(args, L, W, autodiff_layers(), "autodiff", "by_hand", "by hand ÷ autodiff conv gradient",
+               x, y, difference=lambda models: gradient_difference(models, x))
 
 
 if __name__ == "__main__":

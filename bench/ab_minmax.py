@@ -118,12 +118,8 @@ def main():
     print(f"{args.config}, batch {len(y)} from {source}; "
           + (f"oneDNN {U.onednn_state()['onednn']}" if tensorflow
              else f"Keras backend {keras.backend.backend()} (no gradient check)"), flush=True)
-    for kind in args.kinds.split(","):
-        models = U.ab_twins(kind, L, W, BASELINES[args.baseline](), args.baseline, "layer")
-        if tensorflow:
-            print(f"{kind}: largest gradient difference (relative to the tensor's max) "
-                  f"{gradient_difference(models, x, args.baseline):.2g}", flush=True)
-        U.ab_steps(kind, models, x, y, args.rounds, "layer", args.baseline, f"layer ÷ {args.baseline} MinMax")
+    U.ab_kinds(args, L, W, BASELINES[args.baseline](), args.baseline, "layer", f"layer ÷ {args.baseline} MinMax",
+               x, y, difference=(lambda models: gradient_difference(models, x, args.baseline)) if tensorflow else None)
 
 
 if __name__ == "__main__":
