@@ -1,6 +1,7 @@
 """Shared math at the bottom of the library: norms, padding, labels, margins, certificates,
-precision, sorting pairs, bias addition. Imports only Keras and NumPy (TensorFlow lazily, for the XLA-fused
-MinMax on that backend); every other gloro_keras module may import it.
+precision, sorting pairs, bias addition, convolutions as matmuls. Imports only Keras and NumPy
+(TensorFlow lazily, for the XLA-fused MinMax on that backend); every other gloro_keras module may
+import it.
 
     from gloro_keras.ops import bottom_logit, check_epsilon, MarginCertificate
 """
