@@ -175,7 +175,6 @@ def test_one_example_of_a_strided_conv_is_the_batched_map(case):
         np.testing.assert_allclose(one, atv[i : i + 1], rtol=0, atol=tol * np.abs(atv).max())
 
 
-
 @pytest.mark.parametrize("shape", [(3, 5, 5, 4), (7, 6), (2, 3, 3, 3, 2)])
 def test_add_bias_is_the_broadcast_addition_with_its_gradient(shape):
     """`add_bias` (on TensorFlow the bias gradient of images is a matmul 1ᵀ·ḡ) has the value of
@@ -192,6 +191,89 @@ def test_add_bias_is_the_broadcast_addition_with_its_gradient(shape):
     np.testing.assert_array_equal(gy, g)
     want = g.astype("float64").reshape(-1, shape[-1]).sum(axis=0)
     np.testing.assert_allclose(gb, want, rtol=0, atol=1e-5 * np.abs(g).sum(axis=tuple(range(len(shape) - 1))).max())
+
+
+def _same_conv3x3_np(x, k, g):
+    """(y, x̄, K̄) of the 'same' 3×3 correlation y = conv(x, K) for the upstream g, float64, tap by tap."""
+    x, k, g = (a.astype("float64") for a in (x, k, g))
+    h, w = x.shape[1:3]
+    xp = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    gp = np.pad(g, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    taps = [(i, j) for i in range(3) for j in range(3)]
+    y = sum(xp[:, i:i + h, j:j + w] @ k[i, j] for i, j in taps)
+    xbar = sum(gp[:, 2 - i:2 - i + h, 2 - j:2 - j + w] @ k[i, j].T for i, j in taps)
+    kbar = np.array([[np.einsum("nhwc,nhwd->cd", xp[:, i:i + h, j:j + w], g) for j in range(3)] for i in range(3)])
+    return y, xbar, kbar
+
+
+@pytest.mark.parametrize("shape,filters", [((2, 8, 12, 5), 6), ((3, 4, 4, 3), 3), ((1, 16, 8, 8), 4)])
+def test_winograd_conv_is_the_direct_conv_with_its_gradient(shape, filters):
+    """`winograd_conv3x3` (F(4×4, 3×3), gradient by hand) computes the 'same' 3×3 correlation and its
+    input and kernel gradients: 1e-12 of the float64 reference in float64, 3e-5 in float32 (its
+    transforms round more than a direct convolution), eagerly and in a TensorFlow graph (XLA-fused
+    transforms, a dynamic batch axis)."""
+    from gloro_keras.ops import winograd_applies, winograd_conv3x3
+
+    x, g = np.random.randn(*shape), np.random.randn(*shape[:3], filters)
+    k = np.random.randn(3, 3, shape[-1], filters) / 3
+    want = _same_conv3x3_np(x, k, g)
+    assert winograd_applies(shape, k.shape) and winograd_applies((None,) + shape[1:], k.shape)
+    for dtype, tol in (("float64", 1e-12), ("float32", 3e-5)):
+        xd, kd, gd = (a.astype(dtype) for a in (x, k, g))
+        got = [ops.convert_to_numpy(winograd_conv3x3(xd, kd)),
+               input_gradient(lambda t: winograd_conv3x3(t, kd) * gd, xd),
+               input_gradient(lambda t: winograd_conv3x3(xd, t) * gd, kd)]
+        if got[0].dtype == np.float32:
+            tol = 3e-5  # JAX without x64 computes in float32
+        for name, a, b in zip(("y", "x̄", "K̄"), got, want):
+            np.testing.assert_allclose(a, b, rtol=0, atol=tol * np.abs(b).max(), err_msg=f"{dtype} {name}")
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        @tf.function(input_signature=[tf.TensorSpec((None,) + shape[1:], "float32")])
+        def graph(t):
+            with tf.GradientTape() as tape:
+                tape.watch(t)
+                y = winograd_conv3x3(t, k.astype("float32"))
+                loss = tf.reduce_sum(y * g.astype("float32"))
+            return y, tape.gradient(loss, t)
+
+        y, xbar = graph(x.astype("float32"))
+        for name, a, b in (("graph y", y, want[0]), ("graph x̄", xbar, want[1])):
+            np.testing.assert_allclose(a.numpy(), b, rtol=0, atol=3e-5 * np.abs(b).max(), err_msg=name)
+
+
+def test_winograd_rejects_shapes_it_cannot_tile():
+    from gloro_keras.ops import winograd_applies, winograd_conv3x3
+
+    assert not winograd_applies((2, 6, 8, 3), (3, 3, 3, 3))      # H not a multiple of 4
+    assert not winograd_applies((2, 8, 8, 3), (5, 5, 3, 3))      # not a 3×3 kernel
+    assert not winograd_applies((2, 8, None, 3), (3, 3, 3, 3))   # dynamic width
+    with pytest.raises(ValueError, match=r"multiples of 4.*Received: x.shape=\(2, 6, 8, 3\)"):
+        winograd_conv3x3(np.zeros((2, 6, 8, 3), "float32"), np.zeros((3, 3, 3, 3), "float32"))
+
+
+def test_liresnet_block_trains_by_winograd_and_infers_by_direct_conv():
+    """On CPU, a float32 training call of a block takes the Winograd path; its value is the
+    inference call's (direct convolution of R plus x) within 3e-5, and its kernel and input
+    gradients are those of the direct merged-kernel convolution within 3e-5 (relative to the max)."""
+    from gloro_keras.ops import winograd_pays
+
+    assert winograd_pays()  # the test machines are CPUs
+    layer = build(LiResNetBlock(num_blocks=2), (8, 8, 6))
+    layer.residual_kernel.assign(np.random.randn(3, 3, 6, 6).astype("float32") * 0.3)
+    x = np.random.randn(4, 8, 8, 6).astype("float32")
+    g = np.random.randn(4, 8, 8, 6).astype("float32")
+    train = ops.convert_to_numpy(layer(x, training=True))
+    infer = ops.convert_to_numpy(layer(x, training=False))
+    np.testing.assert_allclose(train, infer, rtol=0, atol=3e-5 * np.abs(infer).max())
+    kernel = ops.convert_to_numpy(layer.linear_kernel())
+    _, want_x, want_k = _same_conv3x3_np(x, kernel, g)
+    got_x = input_gradient(lambda t: layer.training_linear(t, ops.convert_to_tensor(kernel)) * g, x)
+    got_k = input_gradient(lambda t: layer.training_linear(ops.convert_to_tensor(x), t) * g, kernel)
+    np.testing.assert_allclose(got_x, want_x, rtol=0, atol=3e-5 * np.abs(want_x).max())
+    np.testing.assert_allclose(got_k, want_k, rtol=0, atol=3e-5 * np.abs(want_k).max())
+
 
 def _check_against_exact(layer, shape):
     """Converged power iteration vs SVD of the explicit operator of the real forward map."""
@@ -383,8 +465,9 @@ def test_examples_per_chunk_divides_the_batch():
 
 @pytest.mark.skipif(keras.backend.backend() != "jax", reason="the written-out gradient is JAX's path")
 def test_training_convolutions_take_the_gradient_by_hand_on_jax():
-    """On JAX a training call of a conv layer or block runs `linear_by_hand` (its kernel gradient is
-    a scan over chunks); an inference call and a dense layer keep autodiff."""
+    """On JAX a training call of a conv layer runs `linear_by_hand` (its kernel gradient is a scan
+    over chunks) and a LiResNet block's runs Winograd (no convolution at all); an inference call
+    and a dense layer keep autodiff."""
     import jax
 
     for layer, shape in ((LiResNetBlock(num_blocks=2), (8, 8, 4)),
@@ -402,7 +485,11 @@ def test_training_convolutions_take_the_gradient_by_hand_on_jax():
 
             return str(jax.make_jaxpr(jax.grad(f))([w.value for w in weights]))
 
-        assert ("scan" in jaxpr(True)) == (not isinstance(layer, LipschitzDense)), layer.name
+        if isinstance(layer, LiResNetBlock):
+            assert "conv_general_dilated" not in jaxpr(True) and "scan" not in jaxpr(True)
+            assert "conv_general_dilated" in jaxpr(False)
+        else:
+            assert ("scan" in jaxpr(True)) == isinstance(layer, LipschitzConv2D), layer.name
         assert "scan" not in jaxpr(False), layer.name
 
 
@@ -551,8 +638,10 @@ def test_invertible_downsampling_is_space_to_depth():
 def test_liresnet_block_with_a_zero_kernel_is_the_identity(kernel_size):
     block = LiResNetBlock(kernel_size=kernel_size, residual_scale=2.2, kernel_initializer="zeros")
     x = np.random.default_rng(2).normal(size=(1, 8, 8, 4)).astype("float32")
-    for training in (False, True):
-        np.testing.assert_allclose(block(x, training=training), x, atol=1e-6)
+    np.testing.assert_allclose(block(x, training=False), x, atol=1e-6)
+    # A training call of a 3×3 block runs Winograd F(4×4, 3×3), whose transforms round (≈ 1e-5 relative)
+    tol = 3e-5 * np.abs(x).max() if kernel_size == 3 else 1e-6
+    np.testing.assert_allclose(block(x, training=True), x, atol=tol)
     assert 1.0 <= block.sound_bound() <= 1.0 + 1e-7
 
 

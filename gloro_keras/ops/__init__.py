@@ -1,6 +1,6 @@
 """Shared math at the bottom of the library: norms, padding, labels, margins, certificates,
-precision, sorting pairs, bias addition, convolutions as matmuls. Imports only Keras and NumPy
-(TensorFlow lazily, for the XLA-fused MinMax on that backend); every other gloro_keras module may
+precision, sorting pairs, bias addition, convolutions as matmuls, Winograd convolution. Imports only
+Keras and NumPy (TensorFlow lazily, for XLA-fused kernels on that backend); every other gloro_keras module may
 import it.
 
     from gloro_keras.ops import bottom_logit, check_epsilon, MarginCertificate
@@ -32,6 +32,7 @@ from gloro_keras.ops.precision import (
     full_precision_kernels,
 )
 from gloro_keras.ops.relaxations import Affinity, Relaxation, RelaxedCertificate, TopK
+from gloro_keras.ops.winograd import winograd_applies, winograd_conv3x3, winograd_pays
 
 __all__ = [
     "Affinity", "FLOAT64_SAFETY", "MarginCertificate", "ReducedPrecisionError", "Relaxation", "RelaxedCertificate", "TINY", "TopK",
@@ -39,5 +40,5 @@ __all__ = [
     "conv_kernel_vjp", "explicit_padding", "finite_argmax", "float64_available", "full_precision_kernels",
     "gloro_outputs", "l2_normalize", "label_lift", "margin_slack_rate", "normalize_padding", "pairwise_distances",
     "pairwise_distances_np", "pairwise_distances_upper", "predicted_class", "safe_norm", "sort_halves", "sparse_labels",
-    "strict_bottom_logit",
+    "strict_bottom_logit", "winograd_applies", "winograd_conv3x3", "winograd_pays",
 ]

@@ -1,0 +1,210 @@
+"""A 3×3 'same' stride-1 convolution by Winograd's F(4×4, 3×3) algorithm, with its gradient.
+
+With 6×6 input tiles d (stride 4, overlapping by 2) of the zero-padded input, the kernel g
+(3×3 per channel pair) and the 4×4 output tiles y:
+
+    V = Bᵀ d B,   U = G g Gᵀ,   M[a, b] = V[a, b] · U[a, b]  (a matmul over channels),   y = Aᵀ M A
+
+which is the correlation `ops.conv(x, g, padding="same")` in exact arithmetic with 36 instead
+of 144 multiplications per tile and channel pair (4× fewer multiply-adds). The transforms are
+sums of shifted copies (memory passes); the 36 channel matmuls do the arithmetic. Rounding is
+larger than a direct convolution's (≈ 1e-5 relative in float32, from Bᵀ's entries up to 5 and
+Aᵀ's up to 8), so it serves training calls only: inference, bounds and certificates never use it.
+
+The gradient is written out: x̄ = T_inᵀ(M̄ Uᵀ), ḡ = Gᵀ (Vᵀ M̄) G with M̄ = T_outᵀ(ȳ), V recomputed
+from x rather than kept (the same memory as a convolution's autodiff, which keeps x).
+"""
+import functools
+
+import keras
+import numpy as np
+from keras import ops
+
+# Lavin & Gray (2016), F(4, 3): Bᵀ (6×6), G (6×3), Aᵀ (4×6).
+_BT = np.array([[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
+                [0, -2, -1, 2, 1, 0], [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]], "float64")
+_G = np.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
+               [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]], "float64")
+_AT = np.array([[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0],
+                [0, 1, -1, 8, -8, 1]], "float64")
+TILE = 4
+
+
+def winograd_applies(x_shape, kernel_shape):
+    """Whether `winograd_conv3x3` takes these shapes: (n, H, W, C) with H, W, C static (n may
+    be None), H and W multiples of 4, and a (3, 3, C, D) kernel."""
+    return (len(x_shape) == 4 and all(d is not None for d in x_shape[1:])
+            and x_shape[1] % TILE == 0 and x_shape[2] % TILE == 0
+            and tuple(kernel_shape[:2]) == (3, 3))
+
+
+def winograd_pays():
+    """Whether training calls should use it here: on CPU (XLA:CPU's and oneDNN's direct
+    convolutions; GPU libraries choose their own algorithms, Winograd among them), and on JAX
+    outside a `keras.distribution` (not measured sharded)."""
+    if keras.backend.backend() == "jax":
+        import jax
+
+        return jax.default_backend() == "cpu" and keras.distribution.distribution() is None
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        return not tf.config.list_logical_devices("GPU")
+    return False
+
+
+def _combine(matrix, parts):
+    """[Σ_j matrix[i, j]·parts[j] for each row i], skipping zero coefficients."""
+    out = []
+    for row in matrix:
+        acc = None
+        for c, t in zip(row, parts):
+            if c == 0:
+                continue
+            term = t if c == 1 else -t if c == -1 else t * float(c)
+            acc = term if acc is None else acc + term
+        out.append(acc)
+    return out
+
+
+def _axis_slice(t, axis, start, stop, step=1):
+    index = [slice(None)] * len(t.shape)
+    index[axis] = slice(start, stop, step)
+    return t[tuple(index)]
+
+
+def _input_rows(x):
+    """Bᵀ along H: x (n, H, W, c) → (6, n, H/4, W+2, c)."""
+    th = x.shape[1] // TILE
+    xp = ops.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    return ops.stack(_combine(_BT, [xp[:, r:r + TILE * th:TILE] for r in range(6)]), 0)
+
+
+def _input_cols(rows):
+    """Bᵀ along W: (6, n, th, W+2, c) → V as (36, n·th·tw, c)."""
+    tw, c = (rows.shape[3] - 2) // TILE, rows.shape[4]
+    v = _combine(_BT, [rows[:, :, :, s:s + TILE * tw:TILE] for s in range(6)])
+    return ops.reshape(ops.stack(v, 1), (36, -1, c))
+
+
+def _output(m, size):
+    """y = Aᵀ M A: (36, n·th·tw, d) → (n, H, W, d), size = (H, W)."""
+    h, w = size
+    th, tw, d = h // TILE, w // TILE, m.shape[-1]
+    m = ops.reshape(m, (6, 6, -1, th, tw, d))
+    rows = _combine(_AT, [m[a] for a in range(6)])
+    tiles = [ops.stack(_combine(_AT, [t[b] for b in range(6)]), 3) for t in rows]
+    return ops.reshape(ops.stack(tiles, 2), (-1, h, w, d))
+
+
+def _output_adjoint(g):
+    """M̄ = A ȳ Aᵀ per tile: (n, H, W, d) → (36, n·th·tw, d)."""
+    _, h, w, d = g.shape
+    t = ops.reshape(g, (-1, h // TILE, TILE, w // TILE, TILE, d))
+    rows = _combine(_AT.T, [t[:, :, i] for i in range(TILE)])
+    m = []
+    for r in rows:
+        m.extend(_combine(_AT.T, [r[:, :, :, j] for j in range(TILE)]))
+    return ops.reshape(ops.stack(m, 0), (36, -1, d))
+
+
+def _overlap_add(parts, axis):
+    """Tile j's entry s of parts[s] lands at 4j + s; the 2-wide overlaps add. parts: 6 tensors
+    with T tiles on `axis` → that axis as 4T + 2 positions."""
+    def pad(t, before, after):
+        widths = [(0, 0)] * len(t.shape)
+        widths[axis] = (before, after)
+        return ops.pad(t, widths)
+
+    lanes = [pad(parts[0], 0, 1) + pad(parts[4], 1, 0), pad(parts[1], 0, 1) + pad(parts[5], 1, 0),
+             pad(parts[2], 0, 1), pad(parts[3], 0, 1)]
+    y = ops.stack(lanes, axis + 1)
+    shape = [-1 if d is None else d for d in y.shape]  # the batch axis may be dynamic
+    shape[axis:axis + 2] = [TILE * shape[axis]]
+    return _axis_slice(ops.reshape(y, shape), axis, 0, shape[axis] - 2)
+
+
+def _input_cols_adjoint(v_bar, size):
+    """Transpose of `_input_cols`: (36, n·th·tw, c) → (6, n, th, W+2, c), size = (H, W)."""
+    h, w = size
+    vb = ops.reshape(v_bar, (6, 6, -1, h // TILE, w // TILE, v_bar.shape[-1]))
+    return _overlap_add(_combine(_BT.T, [vb[:, b] for b in range(6)]), 3)
+
+
+def _input_rows_adjoint(rows_bar):
+    """Transpose of `_input_rows`: (6, n, th, W+2, c) → (n, H, W, c)."""
+    xp = _overlap_add(_combine(_BT.T, [rows_bar[a] for a in range(6)]), 1)
+    return xp[:, 1:-1, 1:-1]
+
+
+def _kernel(g):
+    """U = G g Gᵀ: (3, 3, c, d) → (36, c, d)."""
+    gm = ops.convert_to_tensor(_G.astype(keras.backend.standardize_dtype(g.dtype)))
+    return ops.reshape(ops.einsum("ai,bj,ijcd->abcd", gm, gm, g), (36,) + tuple(g.shape[2:]))
+
+
+def _kernel_adjoint(u_bar):
+    """ḡ = Gᵀ Ū G: (36, c, d) → (3, 3, c, d)."""
+    gm = ops.convert_to_tensor(_G.astype(keras.backend.standardize_dtype(u_bar.dtype)))
+    u = ops.reshape(u_bar, (6, 6) + tuple(u_bar.shape[1:]))
+    return ops.einsum("ai,bj,abcd->ijcd", gm, gm, u)
+
+
+_TRANSFORMS = (_input_rows, _input_cols, _output, _output_adjoint, _input_cols_adjoint,
+               _input_rows_adjoint)
+
+
+@functools.cache
+def _xla_transforms():
+    """The transforms as XLA-fused kernels on TensorFlow (each a few fused loops; a TensorFlow
+    graph would run every shifted sum as its own memory pass)."""
+    import tensorflow as tf
+
+    return tuple(tf.function(f, jit_compile=True, autograph=False) for f in _TRANSFORMS)
+
+
+def _transforms():
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        if not tf.executing_eagerly():
+            return _xla_transforms()
+    return _TRANSFORMS
+
+
+def winograd_conv3x3(x, kernel):
+    """`ops.conv(x, kernel, strides=1, padding="same")` for a 3×3 kernel by Winograd F(4×4, 3×3),
+    with its gradient written out (module docstring).
+
+    Args:
+        x: (n, H, W, c), H, W and c static, H and W multiples of 4.
+        kernel: (3, 3, c, d).
+
+    Returns:
+        (n, H, W, d); equal to the direct convolution up to float rounding (≈ 1e-5 relative in
+        float32): for training calls, not for values a certificate relies on.
+    """
+    x = ops.convert_to_tensor(x)
+    kernel = ops.convert_to_tensor(kernel)
+    if not winograd_applies(tuple(x.shape), tuple(kernel.shape)):
+        raise ValueError(
+            "winograd_conv3x3 needs an (n, H, W, c) input with static H, W, c, H and W multiples of 4, and "
+            f"a (3, 3, c, d) kernel. Received: x.shape={tuple(x.shape)}, kernel.shape={tuple(kernel.shape)}"
+        )
+    rows, cols, output, output_adj, cols_adj, rows_adj = _transforms()
+    size = tuple(x.shape[1:3])
+
+    @ops.custom_gradient
+    def conv(x, kernel):
+        u = _kernel(kernel)
+        y = output(ops.matmul(cols(rows(x)), u), size)
+
+        def grad(*args, upstream=None):
+            m_bar = output_adj(args[0] if upstream is None else upstream)
+            x_bar = rows_adj(cols_adj(ops.matmul(m_bar, ops.transpose(u, (0, 2, 1))), size))
+            u_bar = ops.matmul(ops.transpose(cols(rows(x)), (0, 2, 1)), m_bar)
+            return x_bar, _kernel_adjoint(u_bar)
+
+        return y, grad
+
+    return conv(x, kernel)
