@@ -275,6 +275,22 @@ def test_liresnet_block_trains_by_winograd_and_infers_by_direct_conv():
     np.testing.assert_allclose(got_k, want_k, rtol=0, atol=3e-5 * np.abs(want_k).max())
 
 
+def test_liresnet_block_winograd_false_trains_by_the_direct_convolution():
+    """`winograd=False` (less memory) keeps the merged kernel's direct convolution in training calls,
+    round-trips through the config and reaches the blocks from `GloroLiResNet`; a non-bool is refused."""
+    layer = build(LiResNetBlock(num_blocks=2, winograd=False), (8, 8, 6))
+    layer.residual_kernel.assign(np.random.randn(3, 3, 6, 6).astype("float32") * 0.3)
+    x = np.random.randn(4, 8, 8, 6).astype("float32")
+    direct = layer.apply_linear(x, layer.linear_kernel()) + layer.bias
+    np.testing.assert_array_equal(ops.convert_to_numpy(layer(x, training=True)), ops.convert_to_numpy(direct))
+    assert LiResNetBlock.from_config(layer.get_config()).winograd is False
+    assert LiResNetBlock.from_config({k: v for k, v in layer.get_config().items() if k != "winograd"}).winograd
+    model = gk.GloroLiResNet(L=2, W=8, input_shape=(16, 16, 3), dense_width=16, winograd=False)
+    assert [l.winograd for l in model.network.layers if isinstance(l, LiResNetBlock)] == [False, False]
+    with pytest.raises(ValueError, match="Received: winograd='no'"):
+        LiResNetBlock(winograd="no")
+
+
 def _check_against_exact(layer, shape):
     """Converged power iteration vs SVD of the explicit operator of the real forward map."""
     exact = spectral_norm(explicit_matrix(linear_part(layer), shape))

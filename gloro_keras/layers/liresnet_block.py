@@ -38,6 +38,9 @@ class LiResNetBlock(LipschitzLayer):
         residual_scale: the scale of the residual branch, instead of 1/√L.
         use_affine: learn β (default); False fixes β = 1.
         bias_initializer: for b (default zeros).
+        winograd: train the merged convolution by Winograd F(4×4, 3×3) where it applies
+            (default True; `training_linear`). False keeps the direct convolution: slower on a
+            CPU, but a training step needs less memory (300–500 MB less at L6W64 / L6W128).
 
     Example:
     >>> x = keras.Input((16, 16, 128))
@@ -54,6 +57,7 @@ class LiResNetBlock(LipschitzLayer):
         residual_scale=None,
         use_affine=True,
         bias_initializer="zeros",
+        winograd=True,
         **kwargs,
     ):
         super().__init__(power_iterations=power_iterations, **kwargs)
@@ -67,6 +71,9 @@ class LiResNetBlock(LipschitzLayer):
             raise ValueError(f"residual_scale must be finite. Received: residual_scale={residual_scale}")
         self.residual_scale = None if residual_scale is None else float(residual_scale)
         self.use_affine = bool(use_affine)
+        if not isinstance(winograd, (bool, np.bool_)):
+            raise ValueError(f"winograd must be True or False. Received: winograd={winograd!r}")
+        self.winograd = bool(winograd)
         self.bias_initializer = keras.initializers.get(bias_initializer)
         self.use_bias = bool(use_bias)
         self.kernel_initializer = (
@@ -129,11 +136,11 @@ class LiResNetBlock(LipschitzLayer):
     def training_linear(self, x, kernel):
         """A(K) x in a training call: by Winograd F(4×4, 3×3) (`ops.winograd_conv3x3`: 4× fewer
         multiply-adds, ≈ 1e-5 relative rounding) for a float32 batch of images whose sides are
-        multiples of 4, on CPU, outside a JAX `keras.distribution`. Side by side, it made the
+        multiples of 4, on CPU, outside a JAX `keras.distribution`, unless `winograd=False`. Side by side, it made the
         training step 0.73× (L6W128) and 0.91× (L6W64) as long on TensorFlow and ≈ 0.6–0.7× for the
         block alone on JAX (bench/results/ab_winograd.md). Else `LipschitzLayer.training_linear`.
         Inference calls, bounds and certificates use the direct convolution."""
-        if (x.dtype == "float32" and winograd_applies(tuple(x.shape), tuple(kernel.shape))
+        if (self.winograd and x.dtype == "float32" and winograd_applies(tuple(x.shape), tuple(kernel.shape))
                 and winograd_pays()):
             return winograd_conv3x3(x, kernel)
         return super().training_linear(x, kernel)
@@ -168,6 +175,7 @@ class LiResNetBlock(LipschitzLayer):
                 "use_bias": self.use_bias,
                 "residual_scale": self.residual_scale,
                 "use_affine": self.use_affine,
+                "winograd": self.winograd,
                 "bias_initializer": keras.initializers.serialize(self.bias_initializer),
                 "kernel_initializer": (
                     keras.initializers.serialize(self.kernel_initializer)

@@ -39,6 +39,7 @@ def liresnet_network(
     dense_width=None,
     power_iterations=10,
     name=None,
+    winograd=True,
 ):
     """The certifiable body + LLN head as a functional keras.Model.
 
@@ -46,7 +47,8 @@ def liresnet_network(
     (k4 s4, W → 2W) → MinMax → Flatten → Dense(d) → MinMax → LLNDense(classes).
     Stem, neck and head accumulate in float64 at inference (`float64_inference=True`).
     `block`: "liresnet" (merged linear residual conv), "convnet" (plain 3×3 conv) or
-    "resnet" (conventional `x + β·Conv(MinMax(Conv(x)))`).
+    "resnet" (conventional `x + β·Conv(MinMax(Conv(x)))`). `winograd`: whether LiResNet blocks
+    train their convolution by Winograd where it applies (`LiResNetBlock`).
     """
     if block not in BLOCKS:
         raise ValueError(f"block must be one of {BLOCKS}; got {block!r}")
@@ -71,7 +73,7 @@ def liresnet_network(
     z = MinMax(name="stem_minmax")(z)
     for i in range(L):
         if block == "liresnet":
-            z = LiResNetBlock(num_blocks=L, name=f"block{i}", **pi)(z)
+            z = LiResNetBlock(num_blocks=L, name=f"block{i}", winograd=winograd, **pi)(z)
         elif block == "convnet":
             z = LipschitzConv2D(W, 3, padding="same", kernel_initializer="orthogonal", name=f"block{i}", **pi)(z)
         else:
@@ -101,6 +103,7 @@ def GloroLiResNet(
     block="liresnet",
     train_dtype=None,
     relaxation=None,
+    winograd=True,
 ):
     """A GloRo LiResNet (Hu et al., 2023): `L` linear residual blocks of width `W`.
 
@@ -110,9 +113,11 @@ def GloroLiResNet(
 
     `train_dtype="bfloat16"` trains in mixed precision; bounds and inference stay float32
     (see `GloroModel`). `relaxation="topk:K"` or `"affinity:[..][..]"` gives a
-    `RelaxedGloroModel` (relaxed top-K or affinity robustness).
+    `RelaxedGloroModel` (relaxed top-K or affinity robustness). `winograd=False` trains the blocks'
+    convolutions directly instead of by Winograd F(4×4, 3×3) (slower on a CPU, less memory).
     """
-    network = liresnet_network(L, W, num_classes, input_shape, block, dense_width, power_iterations)
+    network = liresnet_network(L, W, num_classes, input_shape, block, dense_width, power_iterations,
+                               winograd=winograd)
     kwargs = dict(epsilon=epsilon, bound_gradient=bound_gradient, train_dtype=train_dtype,
                   name=name or f"gloro_{network.name}")
     if relaxation is not None:
