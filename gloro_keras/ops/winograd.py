@@ -12,7 +12,9 @@ larger than a direct convolution's (≈ 1e-5 relative in float32, from Bᵀ's en
 Aᵀ's up to 8), so it serves training calls only: inference, bounds and certificates never use it.
 
 The gradient is written out: x̄ = T_inᵀ(M̄ Uᵀ), ḡ = Gᵀ (Vᵀ M̄) G with M̄ = T_outᵀ(ȳ), V recomputed
-from x rather than kept (the same memory as a convolution's autodiff, which keeps x).
+from x rather than kept: between forward and backward it keeps what a convolution's autodiff keeps
+(x), but its transients are 2.25× the input, so a training step peaks higher (+300–500 MB at
+L6W64 / L6W128, bench/results/ab_winograd.md).
 """
 import functools
 
