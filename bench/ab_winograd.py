@@ -13,7 +13,9 @@ LiResNetBlock of the twin replaced by a subclass with that `training_linear`, by
 deserialization) and times plain and GloRo training steps of both in rotating rounds (median
 per-round ratio, wall and CPU). `--parts` times the block's three training convolutions
 (forward, input and kernel gradient of ⟨ḡ, A(K)x⟩, batch 256 of 16×16×W) by each algorithm
-and prints their errors against the float64 convolution. Any Keras backend.
+and prints their errors against the float64 convolution; "winograd_fused_adjoint" is Winograd
+with the output transform's adjoint as it was before 2026-12-03 (36 fused sums of shifted
+slices, XLA-compiled on TensorFlow) instead of the shipped transpose + one matmul. Any Keras backend.
 """
 import sys
 from pathlib import Path
@@ -88,6 +90,39 @@ def reference(x, k, g):
     return y, xbar, kbar
 
 
+def fused_output_adjoint(g):
+    """M̄ = A ȳ Aᵀ per tile as 36 sums of shifted slices (the shipped one before 2026-12-03)."""
+    from keras import ops
+
+    from gloro_keras.ops import winograd as wg
+
+    _, h, w, d = g.shape
+    t = ops.reshape(g, (-1, h // wg.TILE, wg.TILE, w // wg.TILE, wg.TILE, d))
+    rows = wg._combine(wg._AT.T, [t[:, :, i] for i in range(wg.TILE)])
+    m = []
+    for r in rows:
+        m.extend(wg._combine(wg._AT.T, [r[:, :, :, j] for j in range(wg.TILE)]))
+    return ops.reshape(ops.stack(m, 0), (36, -1, d))
+
+
+def winograd_fused_adjoint(x, k):
+    """`winograd_conv3x3` traced with `fused_output_adjoint` as its output transform's adjoint."""
+    import keras
+
+    from gloro_keras.ops import winograd as wg
+
+    shipped, adjoint = wg._output_adjoint, fused_output_adjoint
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        adjoint = tf.function(fused_output_adjoint, jit_compile=True, autograph=False)
+    wg._output_adjoint = adjoint
+    try:
+        return wg.winograd_conv3x3(x, k)
+    finally:
+        wg._output_adjoint = shipped
+
+
 def parts(rounds=15):
     import keras
     import numpy as np
@@ -103,7 +138,7 @@ def parts(rounds=15):
         k = (rng.standard_normal((3, 3, w, w)) / (9 * w)).astype("float32")
         k[1, 1] += np.eye(w, dtype="float32")  # a merged kernel Δ + R
         algorithms = {"direct": lambda x, k: gk.layers.LipschitzLayer.training_linear(block, x, k),
-                      "winograd": gk.ops.winograd_conv3x3}
+                      "winograd": gk.ops.winograd_conv3x3, "winograd_fused_adjoint": winograd_fused_adjoint}
         ref = reference(x, k, g)
         args = [keras.ops.convert_to_tensor(a) for a in (x, k, g)]
         fns, errors = {}, {}
@@ -113,11 +148,13 @@ def parts(rounds=15):
             errors[name] = [float(np.abs(o - r).max() / np.abs(r).max()) for o, r in zip(out, ref)]
             fns[name] = lambda f=f: [np.asarray(t) for t in f(*args)]
         times = U.round_robin(fns, rounds)
-        p = U.paired(times["winograd"], times["direct"])
+        ratios = [(a, b, U.paired(times[a], times[b])) for a, b in
+                  (("winograd", "direct"), ("winograd", "winograd_fused_adjoint"))]
         print(f"W{w} ({keras.backend.backend()}): forward + both gradients, ms (median): "
               + ", ".join(f"{n} {1e3 * U.med(t['wall']):.1f}" for n, t in times.items())
-              + f"; winograd ÷ direct wall {p['median']:.3f} [{p['min']:.3f}–{p['max']:.3f}], CPU "
-              f"{p['cpu_median']:.3f}; error vs float64 (y, x̄, K̄; relative to the max): "
+              + "".join(f"; {a} ÷ {b} wall {p['median']:.3f} [{p['min']:.3f}–{p['max']:.3f}], CPU "
+                        f"{p['cpu_median']:.3f}" for a, b, p in ratios)
+              + "; error vs float64 (y, x̄, K̄; relative to the max): "
               + ", ".join(f"{n} " + "/".join(f"{e:.1e}" for e in errors[n]) for n in errors), flush=True)
 
 
