@@ -114,6 +114,15 @@ def test_presets_build_their_models(name):
     assert model.optimizer.global_clipnorm == 3.0
 
 
+def test_nowinograd_reaches_the_blocks():
+    for argv, want in (([], True), (["--nowinograd"], False), (["--winograd"], True)):
+        cfg = parse(["--depth=2", "--width=16", *argv])
+        assert cfg["winograd"] is want
+        model = train_script.build_model(cfg, 10, (32, 32, 3))
+        blocks = [l for l in model.network.layers if isinstance(l, gk.layers.LiResNetBlock)]
+        assert len(blocks) == 2 and all(b.winograd is want for b in blocks), argv
+
+
 def test_imagenet_preset_uses_the_patchify_stem():
     from gloro_keras.models.liresnet import stem_config
 

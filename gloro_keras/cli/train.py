@@ -79,7 +79,7 @@ def build_model(cfg, num_classes, input_shape):
         epsilon=cfg["epsilon"], dense_width=cfg["dense_width"], power_iterations=cfg["power_iterations"],
         bound_gradient=cfg["bound_gradient"], block=cfg["arch"],
         train_dtype=resolve_train_dtype(cfg["train_dtype"])[0],  # "auto" resolved, if not yet
-        relaxation=cfg.get("relaxation"),
+        relaxation=cfg.get("relaxation"), winograd=cfg.get("winograd", True),
     )
 
 
