@@ -27,10 +27,6 @@ import tempfile
 import time
 from pathlib import Path
 
-DUMP = tempfile.mkdtemp(prefix="gloro_jax_profile_")
-os.environ["KERAS_BACKEND"] = "jax"
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                           f" --xla_dump_to={DUMP} --xla_dump_hlo_as_text --xla_dump_hlo_pass_re=^$").strip()
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _util as U  # noqa: E402
 
@@ -83,6 +79,10 @@ def main(argv=None):
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     args = ap.parse_args(argv)
     L, W = U.parse_config(args.config)
+    dump = tempfile.mkdtemp(prefix="gloro_jax_profile_")  # read at JAX's first compilation: set before it
+    os.environ["KERAS_BACKEND"] = "jax"
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                               f" --xla_dump_to={dump} --xla_dump_hlo_as_text --xla_dump_hlo_pass_re=^$").strip()
 
     import jax
     import keras
@@ -103,7 +103,7 @@ def main(argv=None):
         for _ in range(args.steps):
             model.train_on_batch(x, y)
 
-    names, thunks = op_names(DUMP), thunk_times(trace_dir)
+    names, thunks = op_names(dump), thunk_times(trace_dir)
     per_step = lambda us: us / 1e3 / args.steps  # noqa: E731  (ms per step)
     groups = collections.defaultdict(float)
     rows = []

@@ -110,3 +110,30 @@ def test_gpu_check_runs_its_cpu_fallback_and_reports_every_backend(tmp_path):
         assert b["gloro_over_plain_float32"] > 0.5
     table = (tmp_path / "gpu_check.md").read_text()
     assert "| tensorflow | float32 |" in table and "PyTorch" in table
+
+
+def test_jax_profile_reads_thunks_and_their_layers(tmp_path):
+    import gzip
+
+    import jax_profile as jp
+
+    assert jp.classify("jit(train_step)/transpose(jvp(block2))/dot_general") == ("block*", "backward", "dot_general")
+    assert jp.classify("jit(train_step)/jvp(stem)/conv_general_dilated") == ("stem", "forward", "conv_general_dilated")
+    assert jp.classify("jit(train_step)/jvp(block5_minmax)/stack")[0] == "block*_minmax"
+    assert jp.classify("jit(train_step)/add") == ("(step)", "forward", "add")
+    (tmp_path / "module_1.jit_train_step.cpu_after_optimizations.txt").write_text(
+        '  %ynn_fusion.42 = f32[36,4096,64]{2,1,0} fusion(%a, %b), kind=kCustom, calls=%f, '
+        'metadata={op_name="jit(train_step)/transpose(jvp(block2))/dot_general" stack_frame_id=377}\n'
+        '  ROOT %copy.1 = f32[2]{0} copy(%c)\n')
+    assert jp.op_names(tmp_path) == {"ynn_fusion.42": "jit(train_step)/transpose(jvp(block2))/dot_general"}
+    trace = tmp_path / "t" / "plugins" / "profile" / "run"
+    trace.mkdir(parents=True)
+    events = [{"ph": "M", "name": "thread_name", "pid": 1, "tid": 2, "args": {"name": "tf_XLAEigen/7"}},
+              {"ph": "M", "name": "thread_name", "pid": 1, "tid": 3, "args": {"name": "python"}},
+              {"ph": "X", "pid": 1, "tid": 2, "name": "ThunkExecutor::Execute", "dur": 900.0},
+              {"ph": "X", "pid": 1, "tid": 2, "name": "ynn_fusion.42", "dur": 300.0},
+              {"ph": "X", "pid": 1, "tid": 2, "name": "ynn_fusion.42", "dur": 200.0},
+              {"ph": "X", "pid": 1, "tid": 3, "name": "train_on_batch", "dur": 1000.0}]
+    with gzip.open(trace / "vm.trace.json.gz", "wt") as f:
+        json.dump({"traceEvents": events}, f)
+    assert {k: tuple(v) for k, v in jp.thunk_times(tmp_path / "t").items()} == {"ynn_fusion.42": (2, 500.0)}
