@@ -1,8 +1,7 @@
 """Sorting pairs of channels: the MinMax activation's math, with its gradient."""
-import functools
-
-import keras
 from keras import ops
+
+from gloro_keras.ops.fused import xla_fused
 
 
 def _pairs(x):
@@ -28,26 +27,12 @@ def _swap_by_mask_ops(keep, g):
     return ops.reshape(ops.stack([ops.where(keep, ga, gb), ops.where(keep, gb, ga)], axis=1), ops.shape(g))
 
 
-@functools.cache
-def _xla_pair():
-    """The same two functions compiled by XLA on TensorFlow (each one fused loop over x)."""
-    import tensorflow as tf
-
-    return (tf.function(_sort_halves_ops, jit_compile=True, autograph=False),
-            tf.function(_swap_by_mask_ops, jit_compile=True, autograph=False))
-
-
 def _kernels():
-    """TensorFlow in a graph (a `fit`/`predict` step): XLA-fused kernels. A TensorFlow graph
-    otherwise runs split, maximum, minimum, compare and concat as five memory passes (and the
+    """TensorFlow in a graph (a `fit`/`predict` step): XLA-fused kernels (`xla_fused`). A TensorFlow
+    graph otherwise runs split, maximum, minimum, compare and concat as five memory passes (and the
     gradient as four); fused, a MinMax layer's forward and backward take about half the time
-    (bench/results/ab_minmax.md). JAX compiles the whole step, eager calls stay plain."""
-    if keras.backend.backend() == "tensorflow":
-        import tensorflow as tf
-
-        if not tf.executing_eagerly():
-            return _xla_pair()
-    return _sort_halves_ops, _swap_by_mask_ops
+    (bench/results/ab_minmax.md)."""
+    return xla_fused((_sort_halves_ops, _swap_by_mask_ops))
 
 
 @ops.custom_gradient

@@ -16,11 +16,11 @@ from x rather than kept: between forward and backward it keeps what a convolutio
 (x), but its transients are 2.25× the input, so a training step peaks higher (+300–500 MB at
 L6W64 / L6W128, bench/results/ab_winograd.md).
 """
-import functools
-
 import keras
 import numpy as np
 from keras import ops
+
+from gloro_keras.ops.fused import xla_fused
 
 # Lavin & Gray (2016), F(4, 3): Bᵀ (6×6), G (6×3), Aᵀ (4×6).
 _BT = np.array([[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
@@ -155,25 +155,11 @@ def _kernel_adjoint(u_bar):
 _FUSED = (_input_rows, _input_cols, _output, _input_cols_adjoint, _input_rows_adjoint)
 
 
-@functools.cache
-def _xla_transforms():
-    """The sums of shifted slices as XLA-fused kernels on TensorFlow (a TensorFlow graph would run
-    every shifted sum as its own memory pass)."""
-    import tensorflow as tf
-
-    return tuple(tf.function(f, jit_compile=True, autograph=False) for f in _FUSED)
-
-
 def _transforms():
-    """(rows, cols, output, output_adjoint, cols_adjoint, rows_adjoint) for this backend and mode;
-    `_output_adjoint` (a transpose and a matmul) runs as TensorFlow's own ops."""
-    fused = _FUSED
-    if keras.backend.backend() == "tensorflow":
-        import tensorflow as tf
-
-        if not tf.executing_eagerly():
-            fused = _xla_transforms()
-    rows, cols, output, cols_adj, rows_adj = fused
+    """(rows, cols, output, output_adjoint, cols_adjoint, rows_adjoint): the sums of shifted slices
+    XLA-fused in a TensorFlow graph (`xla_fused`); `_output_adjoint` (a transpose and a matmul)
+    runs as TensorFlow's own ops."""
+    rows, cols, output, cols_adj, rows_adj = xla_fused(_FUSED)
     return rows, cols, output, _output_adjoint, cols_adj, rows_adj
 
 
