@@ -7,6 +7,7 @@ default gradient: autodiff on TensorFlow, `linear_by_hand` on JAX) or `--baselin
     KERAS_BACKEND=jax python bench/ab_winograd.py --config L6W64 --rounds 6
     python bench/ab_winograd.py --config L6W128 --rounds 6 --baseline winograd
     python bench/ab_winograd.py --parts        # one block's forward + gradients alone, W = 64, 128
+    python bench/ab_winograd.py --parts --widths 32,48,64
 
 Builds each network twice in ONE process with the same weights (`_util.ab_twins`: every
 LiResNetBlock of the twin replaced by a subclass with that `training_linear`, by public Keras
@@ -123,14 +124,14 @@ def winograd_fused_adjoint(x, k):
         wg._output_adjoint = shipped
 
 
-def parts(rounds=15):
+def parts(widths=(64, 128), rounds=15):
     import keras
     import numpy as np
 
     import gloro_keras as gk
 
     rng = np.random.default_rng(0)
-    for w in (64, 128):
+    for w in widths:
         block = gk.layers.LiResNetBlock(num_blocks=6)
         block.build((256, 16, 16, w))
         x = rng.standard_normal((256, 16, 16, w)).astype("float32")
@@ -176,6 +177,7 @@ if __name__ == "__main__":
 
         if keras.backend.backend() == "tensorflow":
             U.tf_keras()
-        parts()
+        widths = sys.argv[sys.argv.index("--widths") + 1] if "--widths" in sys.argv else "64,128"
+        parts(tuple(int(w) for w in widths.split(",")))
     else:
         main()

@@ -253,18 +253,36 @@ def test_winograd_rejects_shapes_it_cannot_tile():
         winograd_conv3x3(np.zeros((2, 6, 8, 3), "float32"), np.zeros((3, 3, 3, 3), "float32"))
 
 
-def test_liresnet_block_trains_by_winograd_and_infers_by_direct_conv():
-    """On CPU, a float32 training call of a block takes the Winograd path; its value is the
-    inference call's (direct convolution of R plus x) within 3e-5, and its kernel and input
-    gradients are those of the direct merged-kernel convolution within 3e-5 (relative to the max)."""
+def _spy_on_winograd(monkeypatch):
+    """Record the input shape of every `winograd_conv3x3` call of `LiResNetBlock`."""
+    from gloro_keras.layers import liresnet_block
+
+    calls, original = [], liresnet_block.winograd_conv3x3
+
+    def spy(x, kernel):
+        calls.append(tuple(x.shape))
+        return original(x, kernel)
+
+    monkeypatch.setattr(liresnet_block, "winograd_conv3x3", spy)
+    return calls
+
+
+def test_liresnet_block_trains_by_winograd_and_infers_by_direct_conv(monkeypatch):
+    """On CPU, a float32 training call of a block with more than 32 channels takes the Winograd path;
+    its value is the inference call's (direct convolution of R plus x) within 3e-5, and its kernel
+    and input gradients are those of the direct merged-kernel convolution within 3e-5 (relative to
+    the max)."""
     from gloro_keras.ops import winograd_pays
 
-    assert winograd_pays()  # the test machines are CPUs
-    layer = build(LiResNetBlock(num_blocks=2), (8, 8, 6))
-    layer.residual_kernel.assign(np.random.randn(3, 3, 6, 6).astype("float32") * 0.3)
-    x = np.random.randn(4, 8, 8, 6).astype("float32")
-    g = np.random.randn(4, 8, 8, 6).astype("float32")
+    calls = _spy_on_winograd(monkeypatch)
+    c = 40
+    assert winograd_pays() and winograd_pays(c)  # the test machines are CPUs
+    layer = build(LiResNetBlock(num_blocks=2), (8, 8, c))
+    layer.residual_kernel.assign(np.random.randn(3, 3, c, c).astype("float32") * 0.3 / np.sqrt(c))
+    x = np.random.randn(4, 8, 8, c).astype("float32")
+    g = np.random.randn(4, 8, 8, c).astype("float32")
     train = ops.convert_to_numpy(layer(x, training=True))
+    assert calls == [(4, 8, 8, c)]
     infer = ops.convert_to_numpy(layer(x, training=False))
     np.testing.assert_allclose(train, infer, rtol=0, atol=3e-5 * np.abs(infer).max())
     kernel = ops.convert_to_numpy(layer.linear_kernel())
@@ -273,6 +291,34 @@ def test_liresnet_block_trains_by_winograd_and_infers_by_direct_conv():
     got_k = input_gradient(lambda t: layer.training_linear(ops.convert_to_tensor(x), t) * g, kernel)
     np.testing.assert_allclose(got_x, want_x, rtol=0, atol=3e-5 * np.abs(want_x).max())
     np.testing.assert_allclose(got_k, want_k, rtol=0, atol=3e-5 * np.abs(want_k).max())
+
+
+def test_fit_runs_wide_blocks_by_winograd(monkeypatch):
+    """`model.fit` of a GloroLiResNet with 40-channel blocks traces them by Winograd (in a TensorFlow
+    graph: XLA-fused transforms, dynamic batch) and trains: the loss is finite, the kernel moves."""
+    calls = _spy_on_winograd(monkeypatch)
+    model = gk.GloroLiResNet(L=1, W=40, input_shape=(8, 8, 3), dense_width=16, epsilon=0.1)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="emma")
+    block = next(l for l in model.network.layers if isinstance(l, LiResNetBlock))
+    before = ops.convert_to_numpy(block.residual_kernel).copy()
+    x = np.random.rand(16, 8, 8, 3).astype("float32")
+    history = model.fit(x, np.arange(16) % 10, batch_size=8, epochs=1, verbose=0)
+    assert calls and all(shape[1:] == (4, 4, 40) for shape in calls)
+    assert np.isfinite(history.history["loss"][0])
+    assert not np.array_equal(ops.convert_to_numpy(block.residual_kernel), before)
+
+
+def test_liresnet_block_of_32_channels_or_fewer_trains_by_the_direct_convolution():
+    """At 32 channels or fewer the direct convolution is as fast or faster (`ops.winograd_pays`):
+    a training call is exactly the merged kernel's direct convolution plus the bias."""
+    from gloro_keras.ops import winograd_pays
+    from gloro_keras.ops.winograd import MAX_DIRECT_CHANNELS
+
+    assert MAX_DIRECT_CHANNELS == 32 and not winograd_pays(32) and winograd_pays(33)
+    layer = build(LiResNetBlock(num_blocks=2), (8, 8, 32))
+    x = np.random.randn(4, 8, 8, 32).astype("float32")
+    direct = layer.apply_linear(x, layer.linear_kernel()) + layer.bias
+    np.testing.assert_array_equal(ops.convert_to_numpy(layer(x, training=True)), ops.convert_to_numpy(direct))
 
 
 def test_liresnet_block_winograd_false_trains_by_the_direct_convolution():

@@ -136,12 +136,13 @@ class LiResNetBlock(LipschitzLayer):
     def training_linear(self, x, kernel):
         """A(K) x in a training call: by Winograd F(4×4, 3×3) (`ops.winograd_conv3x3`: 4× fewer
         multiply-adds, ≈ 1e-5 relative rounding) for a float32 batch of images whose sides are
-        multiples of 4, on CPU, outside a JAX `keras.distribution`, unless `winograd=False`. Side by side, it made the
+        multiples of 4, with more than 32 channels (`ops.winograd_pays`), on CPU, outside a JAX
+        `keras.distribution`, unless `winograd=False`. Side by side, it made the
         training step 0.73× (L6W128) and 0.91× (L6W64) as long on TensorFlow and ≈ 0.6–0.7× for the
         block alone on JAX (bench/results/ab_winograd.md). Else `LipschitzLayer.training_linear`.
         Inference calls, bounds and certificates use the direct convolution."""
         if (self.winograd and x.dtype == "float32" and winograd_applies(tuple(x.shape), tuple(kernel.shape))
-                and winograd_pays()):
+                and winograd_pays(min(kernel.shape[2:]))):
             return winograd_conv3x3(x, kernel)
         return super().training_linear(x, kernel)
 

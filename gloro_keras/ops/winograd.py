@@ -40,10 +40,22 @@ def winograd_applies(x_shape, kernel_shape):
             and tuple(kernel_shape[:2]) == (3, 3))
 
 
-def winograd_pays():
+MAX_DIRECT_CHANNELS = 32  # at this many channels or fewer the direct convolution is as fast or faster
+
+
+def winograd_pays(channels=None):
     """Whether training calls should use it here: on CPU (XLA:CPU's and oneDNN's direct
-    convolutions; GPU libraries choose their own algorithms, Winograd among them), and on JAX
-    outside a `keras.distribution` (not measured sharded)."""
+    convolutions; GPU libraries choose their own algorithms, Winograd among them), on JAX outside a
+    `keras.distribution` (not measured sharded), and for more than `MAX_DIRECT_CHANNELS` channels
+    (`channels`: the smaller of the kernel's input and output channels; None skips that test).
+
+    A block's three training convolutions, Winograd ÷ direct, batch 256 of 16×16×W
+    (bench/results/ab_winograd.md): TensorFlow 1.90 / 1.35 / 1.14 at W = 16 / 24 / 32, 0.84 / 0.86 /
+    0.93 / 0.66 at W = 40 / 48 / 64 / 128; JAX 1.10 / 0.93 at W = 16 / 32, 0.88 / 0.59 at W = 40 / 64.
+    Where they are even, the direct convolution wins by its memory (Winograd's transients).
+    """
+    if channels is not None and channels <= MAX_DIRECT_CHANNELS:
+        return False
     if keras.backend.backend() == "jax":
         import jax
 
