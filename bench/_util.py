@@ -30,7 +30,7 @@ EPSILON = 36 / 255
 POWER_ITERATIONS = 10
 
 GOALS = {  # key: (op, goal, bar)
-    "train_ratio": ("<=", 1.05, 1.15),
+    "train_ratio": ("<=", 1.05, 1.10),  # GloRo ÷ plain step; #14's bar is 1.10 (an earlier issue's was 1.15)
     # against PyTorch timed side by side in the same session (bench/torch_reference.py) only
     "speedup_vs_pytorch": (">=", 1.5, None),
     # certify = one float32 forward pass plus the rounding-analysis pass of the certificates
