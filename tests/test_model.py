@@ -303,6 +303,33 @@ def test_training_updates_iterates_and_invalidates_the_cache():
     assert model.lipschitz_bound("sound") <= cached <= model.lipschitz_bound("sound") * (1 + 1e-6)
 
 
+@pytest.mark.parametrize("how", ["fit", "train_on_batch"])
+def test_training_step_is_traced_once(monkeypatch, how):
+    """The optimizer's variables exist before the step is traced, so `fit` and `train_on_batch`
+    trace the GloRo step once: one training `power_estimate` per bounded layer, not two (on
+    TensorFlow, Keras would create them inside the first trace and `tf.function` would trace again)."""
+    from gloro_keras.layers import LipschitzLayer
+
+    traced, original = [], LipschitzLayer.power_estimate
+
+    def spy(self, *args, **kwargs):
+        if kwargs.get("training", args[0] if args else False):
+            traced.append(self.name)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(LipschitzLayer, "power_estimate", spy)
+    model = tiny_liresnet()
+    model.compile(optimizer="adam", loss="emma", metrics=["clean_acc", "vra"])
+    x, y = np.random.rand(16, 8, 8, 1).astype("float32"), np.arange(16) % 4
+    if how == "fit":
+        model.fit(x, y, epochs=1, batch_size=8, verbose=0, converge_bounds=False)
+    else:
+        model.train_on_batch(x[:8], y[:8])
+        model.train_on_batch(x[8:], y[8:])
+    assert model.optimizer.built and model.optimizer.iterations.numpy() == 2
+    assert sorted(traced) == sorted(layer.name for layer in model.bounded_layers)
+
+
 def test_paper_scale_model_builds():
     model = gk.GloroLiResNet(L=18, W=256, num_classes=10, input_shape=(32, 32, 3))
     assert model.compute_output_shape((None, 32, 32, 3)) == (None, 11)

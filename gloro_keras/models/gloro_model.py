@@ -475,7 +475,26 @@ class GloroModel(keras.Model):
             if not any(isinstance(c, ConvergeBounds) for c in callbacks):
                 callbacks.append(ConvergeBounds())
             kwargs["callbacks"] = callbacks
+        self._build_optimizer()
         return super().fit(x, y, *args, **kwargs)
+
+    def train_on_batch(self, x, y=None, *args, **kwargs):
+        self._build_optimizer()
+        return super().train_on_batch(x, y, *args, **kwargs)
+
+    def _build_optimizer(self):
+        """Create the optimizer's variables before the training step is traced. Without a
+        distribution strategy, Keras's TensorFlow trainer leaves them to the step's first trace,
+        and `tf.function` then traces the whole step a second time (it retraces a function that
+        created variables). A GloRo step's trace (unrolled power iterations and their written-out
+        gradients, 23 000 graph ops at L6W64) takes seconds: a first `fit` took 0.68× the time at the
+        quickstart's size, 0.73–0.94× at L6W64 (bench/results/ab_first_fit.md). The variables are
+        the ones Keras would create (it makes the same call under a distribution strategy)."""
+        if (keras.backend.backend() != "tensorflow" or getattr(self, "optimizer", None) is None
+                or self.optimizer.built or not self.built):
+            return
+        with self.distribute_strategy.scope():
+            self.optimizer.build(self.trainable_variables)
 
     def evaluate(self, x=None, y=None, *args, **kwargs):
         self._check_labels(y)
