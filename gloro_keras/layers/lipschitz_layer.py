@@ -95,15 +95,19 @@ class LipschitzLayer(BoundedLayer):
             aggregation="only_first_replica",
         )
 
-    def _step(self, u, kernel, trace=None):
+    @staticmethod
+    def _restart(u):
+        """The all-ones direction: where an iterate in the null space (which would stay 0 forever
+        and under-estimate ‖A‖ once the weights move) restarts. Built once per chain of steps."""
+        return l2_normalize(ops.ones_like(u))
+
+    def _step(self, u, kernel, restart, trace=None):
+        """u ← AᵀAu / ‖AᵀAu‖ (`restart` where AᵀAu = 0); appends (Au, ‖AᵀAu‖²) to `trace`."""
         v = self.apply_linear(u, kernel)
         w = self.apply_adjoint(v, kernel)
         sq = ops.sum(ops.square(w))
         if trace is not None:
             trace.append((v, sq))
-        # An iterate in the null space would stay 0 forever and under-estimate ‖A‖ once
-        # the weights move: restart it from the all-ones direction.
-        restart = l2_normalize(ops.ones_like(w))
         return ops.where(sq > TINY, w / ops.sqrt(ops.maximum(sq, TINY)), restart)
 
     def _full_gradient_bound(self, kernel, u):
@@ -118,9 +122,9 @@ class LipschitzLayer(BoundedLayer):
         n = self.power_iterations
         kernel = ops.cast(kernel, kernel.dtype)  # a tensor read from it, when linear_kernel() is the variable
         frozen = ops.stop_gradient(kernel)
-        us, trace = [u], []
+        us, trace, restart = [u], [], self._restart(u)
         for _ in range(n):
-            us.append(self._step(us[-1], frozen, trace))
+            us.append(self._step(us[-1], frozen, restart, trace))
         U = ops.stop_gradient(ops.concatenate(us, axis=0))  # u₀ … uₙ
         V = ops.stop_gradient(ops.concatenate([v for v, _ in trace], axis=0))  # vᵢ = A uᵢ₋₁
         SQ = ops.stop_gradient(ops.stack([sq for _, sq in trace]))  # ‖Aᵀvᵢ‖²
@@ -134,15 +138,17 @@ class LipschitzLayer(BoundedLayer):
             def grad(*args, upstream=None):
                 up = args[0] if upstream is None else upstream
                 zbar = ops.where(zsq > TINY, up / sigma, 0.0) * z
-                xs, gs = [U[n:]], [zbar]
+                us_, vs = ops.split(U, n + 1, axis=0), ops.split(V, n, axis=0)  # one op each, not 2n+1 slices
+                sqs = ops.unstack(SQ, n)
+                xs, gs = [us_[n]], [zbar]
                 ubar = self.apply_adjoint(zbar, kernel)
                 for i in range(n, 0, -1):
-                    ui = U[i : i + 1]
-                    wbar = (ubar - ui * ops.sum(ui * ubar)) / ops.sqrt(ops.maximum(SQ[i - 1], TINY))
-                    wbar = ops.where(SQ[i - 1] > TINY, wbar, 0.0)  # a restart is constant
+                    ui, sq = us_[i], sqs[i - 1]
+                    wbar = (ubar - ui * ops.sum(ui * ubar)) / ops.sqrt(ops.maximum(sq, TINY))
+                    wbar = ops.where(sq > TINY, wbar, 0.0)  # a restart is constant
                     vbar = self.apply_linear(wbar, kernel)
-                    xs += [wbar, U[i - 1 : i]]  # w = Aᵀv: B(w̄, v);  v = A u: B(u, v̄)
-                    gs += [V[i - 1 : i], vbar]
+                    xs += [wbar, us_[i - 1]]  # w = Aᵀv: B(w̄, v);  v = A u: B(u, v̄)
+                    gs += [vs[i - 1], vbar]
                     if i > 1:
                         ubar = self.apply_adjoint(vbar, kernel)
                 kbar = self.kernel_vjp(ops.concatenate(xs, axis=0), ops.concatenate(gs, axis=0))
@@ -169,8 +175,9 @@ class LipschitzLayer(BoundedLayer):
                 self.iterate.assign(ops.stop_gradient(u))
                 return sigma
             loop_kernel = kernel if gradient == "full" else ops.stop_gradient(kernel)  # autodiff
+            restart = self._restart(u)
             for _ in range(self.power_iterations):
-                u = self._step(u, loop_kernel)
+                u = self._step(u, loop_kernel, restart)
             self.iterate.assign(ops.stop_gradient(u))
         return safe_norm(self.apply_linear(u, kernel))
 
@@ -184,10 +191,11 @@ class LipschitzLayer(BoundedLayer):
         u = l2_normalize(ops.convert_to_tensor(self.iterate))
         prev, done = None, 0
         sigma = float(ops.convert_to_numpy(safe_norm(self.apply_linear(u, kernel))))
+        restart = self._restart(u)
         while done < max_iterations:
             n = min(check_every, max_iterations - done)
             for _ in range(n):
-                u = self._step(u, kernel)
+                u = self._step(u, kernel, restart)
             done += n
             sigma = float(ops.convert_to_numpy(safe_norm(self.apply_linear(u, kernel))))
             if prev is not None and abs(sigma - prev) <= tolerance * max(sigma, 1e-30):
