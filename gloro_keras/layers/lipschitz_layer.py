@@ -138,17 +138,17 @@ class LipschitzLayer(BoundedLayer):
             def grad(*args, upstream=None):
                 up = args[0] if upstream is None else upstream
                 zbar = ops.where(zsq > TINY, up / sigma, 0.0) * z
-                us_, vs = ops.split(U, n + 1, axis=0), ops.split(V, n, axis=0)  # one op each, not 2n+1 slices
-                sqs = ops.unstack(SQ, n)
-                xs, gs = [us_[n]], [zbar]
+                # split once (one op each) rather than slicing per step (a StridedSlice and 3 constants)
+                u_at, v_at, sq_at = ops.split(U, n + 1, axis=0), ops.split(V, n, axis=0), ops.unstack(SQ, n)
+                xs, gs = [u_at[n]], [zbar]
                 ubar = self.apply_adjoint(zbar, kernel)
                 for i in range(n, 0, -1):
-                    ui, sq = us_[i], sqs[i - 1]
+                    ui, sq = u_at[i], sq_at[i - 1]
                     wbar = (ubar - ui * ops.sum(ui * ubar)) / ops.sqrt(ops.maximum(sq, TINY))
                     wbar = ops.where(sq > TINY, wbar, 0.0)  # a restart is constant
                     vbar = self.apply_linear(wbar, kernel)
-                    xs += [wbar, us_[i - 1]]  # w = Aᵀv: B(w̄, v);  v = A u: B(u, v̄)
-                    gs += [vs[i - 1], vbar]
+                    xs += [wbar, u_at[i - 1]]  # w = Aᵀv: B(w̄, v);  v = A u: B(u, v̄)
+                    gs += [v_at[i - 1], vbar]
                     if i > 1:
                         ubar = self.apply_adjoint(vbar, kernel)
                 kbar = self.kernel_vjp(ops.concatenate(xs, axis=0), ops.concatenate(gs, axis=0))
