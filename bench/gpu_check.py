@@ -80,18 +80,20 @@ def child(backend, L, W, rounds, steps, dtypes=("float32", "bfloat16")):
         first[v] = time.perf_counter() - t
         m.train_on_batch(x, y)
         models[v] = m
-    times = {v: [] for v in variants}
+    times, cpu = {v: [] for v in variants}, {v: [] for v in variants}
     for r in range(rounds):
         order = variants[r % len(variants):] + variants[:r % len(variants)]
         for v in order:
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             for _ in range(steps):
                 models[v].train_on_batch(x, y)
             times[v].append((time.perf_counter() - t) / steps)
+            cpu[v].append((time.process_time() - c) / steps)  # all threads; other processes don't inflate it
     med = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731
     out = {"backend": backend, "config": f"L{L}W{W}", "variants": {}, "peak_memory_mb": _peak_mb(backend)}
     for v in variants:
-        out["variants"][v] = {"step_s": times[v], "images_per_s": BATCH / med(times[v]), "first_step_s": first[v],
+        out["variants"][v] = {"step_s": times[v], "cpu_s": cpu[v], "images_per_s": BATCH / med(times[v]),
+                              "first_step_s": first[v],
                               "jit_compile": bool(models[v].jit_compile)}  # XLA (JAX) or graph mode (TF)
     for d in dtypes:
         out[f"gloro_over_plain_{d}"] = med([g / p for g, p in zip(times[f"gloro_{d}"], times[f"plain_{d}"])])

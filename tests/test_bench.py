@@ -108,8 +108,32 @@ def test_gpu_check_runs_its_cpu_fallback_and_reports_every_backend(tmp_path):
             # as GloroModel.compile defaults: XLA on JAX (whose jit_compile=False runs eagerly), graph mode on TF
             assert b["variants"][v]["jit_compile"] is (backend == "jax"), (backend, v)
         assert b["gloro_over_plain_float32"] > 0.5
+        assert all(c > 0 for c in b["variants"]["gloro_float32"]["cpu_s"]), backend  # process CPU s per step
     table = (tmp_path / "gpu_check.md").read_text()
     assert "| tensorflow | float32 |" in table and "PyTorch" in table
+
+
+def test_jax_over_tf_is_reported_on_wall_and_cpu_time():
+    import run
+
+    def child(step, cpu):  # gpu_check's child result: per-round seconds per step
+        return {"variants": {f"{k}_float32": {"step_s": [step[k]] * 3, "cpu_s": [cpu[k]] * 3} for k in step}}
+
+    results = {"configs": {"L6W64": {"backends": {
+        "tensorflow": child({"plain": 0.4, "gloro": 0.5}, {"plain": 0.7, "gloro": 0.9}),
+        "jax": child({"plain": 0.6, "gloro": 0.65}, {"plain": 1.05, "gloro": 1.17})}}}}
+    r = results["configs"]["L6W64"]
+    run.machine_readable("L6W64", r, results)
+    assert r["jax_over_tf"] == pytest.approx(1.3) and r["jax_over_tf_plain"] == pytest.approx(1.5)
+    assert r["jax_over_tf_cpu"] == pytest.approx(1.3) and r["jax_over_tf_plain_cpu"] == pytest.approx(1.5)
+    gloro, plain = run.backend_rows("L6W64", results)
+    assert (gloro[2], gloro[4], plain[2], plain[4]) == ("1.300", "1.300", "1.500", "1.500")  # wall, CPU columns
+    assert gloro[7] == gloro[8] == "PASS"  # status on wall time, status (robust) on CPU time
+    del r["jax_over_tf_cpu"], r["jax_over_tf_plain_cpu"]
+    for v in results["configs"]["L6W64"]["backends"]["jax"]["variants"].values():
+        del v["cpu_s"]  # a result from before CPU time was recorded: wall time only
+    run.machine_readable("L6W64", r, results)
+    assert "jax_over_tf_cpu" not in r and run.backend_rows("L6W64", results)[0][4] == ""
 
 
 def test_jax_profile_reads_thunks_and_their_layers(tmp_path):
