@@ -6,12 +6,14 @@
 For each Keras backend that imports (TensorFlow, JAX), in a child process of its own: the plain
 network (`liresnet_network`, cross-entropy) and the GloRo model (`GloroModel`, EMMA,
 `bound_gradient="full"`, 10 power iterations), each in float32 and in bfloat16
-(`train_dtype="bfloat16"`; the plain net under `mixed_bfloat16`), batch 256 of 32×32×3, timed
-side by side in rounds of `--steps` steps whose order rotates, after two warm-up steps. Reported:
-img/s, GloRo ÷ plain (median of per-round ratios), the first step, peak device memory (the
-process's, all variants together). On TensorFlow with several GPUs the float32 GloRo step also
-runs under `MirroredStrategy` (global batch 256 per GPU). Then the PyTorch reference
+(`train_dtype="bfloat16"`; the plain net under `mixed_bfloat16`), batch 256 of 32×32×3; per
+dtype, the two are timed side by side in rounds of `--steps` steps whose order alternates, after
+two warm-up steps. Reported: img/s, GloRo ÷ plain (median of per-round ratios), the first step,
+peak device memory (the process's, all variants together), versions and float32 matmul precision
+(TF32 or not). On TensorFlow with several GPUs the float32 GloRo step also runs under
+`MirroredStrategy` (global batch 256 per GPU). Before them, the PyTorch reference
 (bench/torch_reference.py, same network) on the same device, float32 and bfloat16 autocast.
+Results are written after each stage, so a run cut short (`--timeout` per child) keeps what finished.
 
 Without a GPU it runs on the CPU at `--config L2W16` (the fallback that tests the script; a
 CPU's figures belong to bench/training.py). Prints a table; writes gpu_check.json (`--out`).
@@ -59,55 +61,84 @@ def _peak_mb(backend):
     return None
 
 
+def _say(backend, text):
+    print(f"  [{backend}] {text}", flush=True)  # progress, streamed by the parent (run_child)
+
+
+def _versions(backend):
+    import keras
+
+    out = {"keras": keras.__version__}
+    if backend == "jax":
+        import jax
+
+        out.update(jax=jax.__version__, jax_default_matmul_precision=str(jax.config.jax_default_matmul_precision))
+    else:
+        import tensorflow as tf
+
+        out.update(tensorflow=tf.__version__,
+                   tensor_float_32=bool(tf.config.experimental.tensor_float_32_execution_enabled()))
+    return out
+
+
 def child(backend, L, W, rounds, steps, dtypes=("float32", "bfloat16")):
+    """Print one MARK line per dtype (its plain and GloRo steps, timed side by side), then one
+    with the devices, versions and peak memory: a dtype that finished is kept if a later one
+    fails or runs out of time."""
     import keras
     import numpy as np
 
     rng = np.random.default_rng(0)
     x = keras.ops.convert_to_tensor(rng.random((BATCH,) + SHAPE, dtype=np.float32))
     y = keras.ops.convert_to_tensor(rng.integers(0, CLASSES, BATCH).astype("int32"))
+    med = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731
 
-    def build(variant):  # the benchmark's own model variants (bench/_util.py)
-        kind, dtype = variant.split("_")
+    def build(kind, dtype):  # the benchmark's own model variants (bench/_util.py)
         return U.build(("plain" if kind == "plain" else "gloro_full") + ("_bf16" if dtype == "bfloat16" else ""), L, W)
 
-    variants = [f"{k}_{d}" for d in dtypes for k in ("plain", "gloro")]
-    models, first = {}, {}
-    for v in variants:
-        m = build(v)
-        t = time.perf_counter()
-        m.train_on_batch(x, y)  # returns numpy: the step has finished on the device
-        first[v] = time.perf_counter() - t
-        m.train_on_batch(x, y)
-        models[v] = m
-    times, cpu = {v: [] for v in variants}, {v: [] for v in variants}
-    for r in range(rounds):
-        order = variants[r % len(variants):] + variants[:r % len(variants)]
-        for v in order:
-            t, c = time.perf_counter(), time.process_time()
-            for _ in range(steps):
-                models[v].train_on_batch(x, y)
-            times[v].append((time.perf_counter() - t) / steps)
-            cpu[v].append((time.process_time() - c) / steps)  # all threads; other processes don't inflate it
-    med = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731
-    out = {"backend": backend, "config": f"L{L}W{W}", "variants": {}, "peak_memory_mb": _peak_mb(backend)}
-    for v in variants:
-        out["variants"][v] = {"step_s": times[v], "cpu_s": cpu[v], "images_per_s": BATCH / med(times[v]),
-                              "first_step_s": first[v],
-                              "jit_compile": bool(models[v].jit_compile)}  # XLA (JAX) or graph mode (TF)
+    gloro_float32 = None
     for d in dtypes:
-        out[f"gloro_over_plain_{d}"] = med([g / p for g, p in zip(times[f"gloro_{d}"], times[f"plain_{d}"])])
+        variants = [f"plain_{d}", f"gloro_{d}"]
+        models, first = {}, {}
+        for v in variants:
+            m = build(*v.split("_"))
+            t = time.perf_counter()
+            m.train_on_batch(x, y)  # returns numpy: the step has finished on the device
+            first[v] = time.perf_counter() - t
+            m.train_on_batch(x, y)
+            models[v] = m
+            _say(backend, f"{v}: first step {first[v]:.1f} s (tracing and compiling)")
+        times, cpu = {v: [] for v in variants}, {v: [] for v in variants}
+        for r in range(rounds):
+            for v in (variants if r % 2 == 0 else variants[::-1]):
+                t, c = time.perf_counter(), time.process_time()
+                for _ in range(steps):
+                    models[v].train_on_batch(x, y)
+                times[v].append((time.perf_counter() - t) / steps)
+                cpu[v].append((time.process_time() - c) / steps)  # all threads; other processes don't inflate it
+        out = {"variants": {v: {"step_s": times[v], "cpu_s": cpu[v], "images_per_s": BATCH / med(times[v]),
+                                "first_step_s": first[v],
+                                "jit_compile": bool(models[v].jit_compile)}  # XLA (JAX) or graph mode (TF)
+                            for v in variants},
+               f"gloro_over_plain_{d}": med([g / p for g, p in zip(times[f"gloro_{d}"], times[f"plain_{d}"])])}
+        _say(backend, f"{d}: plain {out['variants'][variants[0]]['images_per_s']:.0f} img/s, GloRo "
+                      f"{out['variants'][variants[1]]['images_per_s']:.0f} img/s, GloRo / plain {out[f'gloro_over_plain_{d}']:.3f}")
+        print(MARK + json.dumps(out), flush=True)
+        if d == "float32":
+            gloro_float32 = out["variants"]["gloro_float32"]["images_per_s"]
+        del models
+    out = {"backend": backend, "config": f"L{L}W{W}", "peak_memory_mb": _peak_mb(backend), "versions": _versions(backend)}
     if backend == "tensorflow":
         import tensorflow as tf
 
         gpus = tf.config.list_logical_devices("GPU")
         out["devices"] = [d.name for d in gpus] or ["CPU"]
-        if len(gpus) > 1:
+        if len(gpus) > 1 and gloro_float32:
             strategy = tf.distribute.MirroredStrategy()
             n = strategy.num_replicas_in_sync
             xs, ys = keras.ops.tile(x, (n, 1, 1, 1)), keras.ops.tile(y, (n,))
             with strategy.scope():
-                m = build("gloro_float32")
+                m = build("gloro", "float32")
             m.train_on_batch(xs, ys)
             m.train_on_batch(xs, ys)
             ts = []
@@ -117,7 +148,7 @@ def child(backend, L, W, rounds, steps, dtypes=("float32", "bfloat16")):
                     m.train_on_batch(xs, ys)
                 ts.append((time.perf_counter() - t) / steps)
             out["mirrored"] = {"replicas": n, "global_batch": BATCH * n, "images_per_s": BATCH * n / med(ts),
-                               "scaling_vs_one_gpu": (BATCH * n / med(ts)) / out["variants"]["gloro_float32"]["images_per_s"]}
+                               "scaling_vs_one_gpu": (BATCH * n / med(ts)) / gloro_float32}
     else:
         import jax
 
@@ -126,12 +157,43 @@ def child(backend, L, W, rounds, steps, dtypes=("float32", "bfloat16")):
 
 
 # --------------------------------------------------------------------------------- parent
-def run_child(backend, config, args, dtypes="float32,bfloat16"):
-    """One backend's steps in a fresh process (KERAS_BACKEND=backend); its result dict."""
-    result, error = U.backend_child(__file__, backend, ["--config", config, "--rounds", str(args.rounds),
-                                                        "--steps", str(args.steps), "--dtypes", dtypes],
-                                    MARK, args.timeout)
-    return result or {"backend": backend, "error": error}
+def run_child(backend, config, args, dtypes="float32,bfloat16", stream=False):
+    """One backend's steps in a fresh process (KERAS_BACKEND=backend): its result dict, with what
+    finished kept when the child fails or passes `args.timeout` seconds (then also "error").
+    `stream` echoes the child's progress lines."""
+    import os
+    import tempfile
+    import threading
+
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", backend, "--config", config,
+           "--rounds", str(args.rounds), "--steps", str(args.steps), "--dtypes", dtypes]
+    result, variants, timed_out = {}, {}, []
+    with tempfile.TemporaryFile("w+") as err:
+        p = subprocess.Popen(cmd, env=dict(os.environ, KERAS_BACKEND=backend), stdout=subprocess.PIPE,
+                             stderr=err, text=True)
+        timer = threading.Timer(args.timeout, lambda: (timed_out.append(True), p.kill()))
+        timer.start()
+        try:
+            for line in p.stdout:
+                if line.startswith(MARK):
+                    part = json.loads(line[len(MARK):])
+                    variants.update(part.pop("variants", {}))
+                    result.update(part)
+                elif stream and line.startswith("  ["):
+                    print(line.rstrip(), flush=True)
+            p.wait()
+        finally:
+            timer.cancel()
+        err.seek(0)
+        tail = err.read()[-1500:]
+    if timed_out:
+        result["error"] = f"timed out after {args.timeout} s"
+    elif p.returncode != 0 or "devices" not in result:
+        result["error"] = tail or f"exit status {p.returncode}"
+    if variants:
+        result["variants"] = variants
+    result.setdefault("backend", backend)
+    return result
 
 
 def run_torch(config, args, device):
@@ -141,7 +203,10 @@ def run_torch(config, args, device):
         return {"skipped": f"no torch in {python}"}
     cmd = [python, str(HERE / "torch_reference.py"), "--configs", config, "--formats", "channels_last",
            "--repeats", str(args.rounds), "--bf16", "--device", device]
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {args.timeout} s"}
     if p.returncode != 0:
         return {"error": p.stderr[-1500:]}
     return json.loads(p.stdout)
@@ -167,24 +232,33 @@ def main(argv=None):
     config = (args.config or ("L18W256" if gpus else "L2W16")).upper()
     started = time.strftime("%Y-%m-%d %H:%M:%S")
     print(f"gpu_check {started}: {config}, GPUs: {gpus or 'none (CPU fallback)'}", flush=True)
-    results = {"started": started, "config": config, "gpus": gpus, "backends": {}}
+    results = {"started": started, "config": config, "gpus": gpus, "backends": {}, "torch": {"skipped": "not run yet"}}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    def save():  # after every stage, so a run cut short keeps what finished
+        results["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
+        table = report(results, config)
+        (out / "gpu_check.json").write_text(json.dumps(results, indent=1))
+        (out / "gpu_check.md").write_text(table + "\n")
+        return table
+
+    t = time.time()  # the reference first: it is the quickest, and every ratio needs it
+    results["torch"] = run_torch(config, args, "cuda" if gpus else "cpu")
+    print(f"  torch: {'error' if 'error' in results['torch'] else 'done'} in {time.time() - t:.0f} s", flush=True)
+    save()
     for backend in args.backends.split(","):
         if importlib.util.find_spec(backend) is None:
             results["backends"][backend] = {"skipped": f"{backend} is not installed"}
             print(f"  {backend}: not installed, skipped", flush=True)
             continue
         t = time.time()
-        r = run_child(backend, config, args, args.dtypes)
+        r = run_child(backend, config, args, args.dtypes, stream=True)
         results["backends"][backend] = r
         print(f"  {backend}: {'error' if 'error' in r else 'done'} in {time.time() - t:.0f} s", flush=True)
-    results["torch"] = run_torch(config, args, "cuda" if gpus else "cpu")
-    results["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
-    table = report(results, config)
+        save()
+    table = save()
     print(table)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "gpu_check.json").write_text(json.dumps(results, indent=1))
-    (out / "gpu_check.md").write_text(table + "\n")
     print(f"wrote {out / 'gpu_check.json'} and gpu_check.md")
     failed = [b for b, r in results["backends"].items() if "error" in r]
     return 1 if failed else 0
@@ -198,9 +272,10 @@ def report(results, config):
              "| backend | dtype | plain img/s | GloRo img/s | GloRo ÷ plain (step) | GloRo ÷ PyTorch GloRo (img/s) | "
              "first GloRo step s | peak device MB |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for backend, r in results["backends"].items():
-        if "variants" not in r:
+        if "variants" not in r or "error" in r:
             lines.append(f"| {backend} | — | {r.get('skipped') or 'error: ' + ' '.join(r['error'].split())[-200:]} "
                          "| | | | | |")
+        if "variants" not in r:
             continue
         for d in ("float32", "bfloat16"):
             if f"gloro_{d}" not in r["variants"]:
@@ -218,12 +293,17 @@ def report(results, config):
     if torch_cfg:
         peak = torch_cfg.get("peak_gpu_memory_mb")
         for d, (pv, gv) in (("float32", ("plain", "gloro")), ("bfloat16", ("plain_bf16", "gloro_bf16"))):
-            lines.append(f"| PyTorch {t['torch']} ({t['device']}) | {d} | {torch_cfg[pv]['images_per_s']:.0f} | "
-                         f"{torch_cfg[gv]['images_per_s']:.0f} | — | 1 | {torch_cfg[gv]['first_step_s']:.1f} | "
-                         f"{f'{peak:.0f}' if peak else '—'} |")
+            p, g = torch_cfg[pv]["images_per_s"], torch_cfg[gv]["images_per_s"]
+            lines.append(f"| PyTorch {t['torch']} ({t['device']}) | {d} | {p:.0f} | {g:.0f} | {p / g:.3f} (img/s) | 1 | "
+                         f"{torch_cfg[gv]['first_step_s']:.1f} | {f'{peak:.0f}' if peak else '—'} |")
     else:
         lines.append(f"| PyTorch | — | {t.get('skipped') or 'error: ' + ' '.join(str(t.get('error')).split())[-200:]} | | | | | |")
-    return "\n".join(lines)
+    notes = [f"- {backend}: " + ", ".join(f"{k} {v}" for k, v in r["versions"].items())
+             for backend, r in results["backends"].items() if r.get("versions")]
+    if "cudnn_allow_tf32" in t:
+        notes.append(f"- PyTorch: {t.get('gpu', '')}, cudnn.allow_tf32 {t['cudnn_allow_tf32']}, "
+                     f"matmul.allow_tf32 {t['matmul_allow_tf32']}")
+    return "\n".join(lines + ([""] + notes if notes else []))
 
 
 if __name__ == "__main__":

@@ -230,6 +230,9 @@ def main(argv=None):
     if args.serve:
         return serve()
     res = {"torch": torch.__version__, "threads": torch.get_num_threads(), "device": DEVICE, "configs": {}}
+    if DEVICE == "cuda":  # float32 convolutions / matmuls in TF32 or not (PyTorch's defaults: yes / no)
+        res.update(gpu=torch.cuda.get_device_name(), cudnn_allow_tf32=torch.backends.cudnn.allow_tf32,
+                   matmul_allow_tf32=torch.backends.cuda.matmul.allow_tf32)
     for cfg in args.configs.split(","):
         L, W = (int(v) for v in cfg.upper().lstrip("L").split("W"))
         res["configs"][cfg] = {fmt: bench_config(L, W, fmt, args.repeats, bf16=args.bf16)

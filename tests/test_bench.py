@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -109,8 +110,23 @@ def test_gpu_check_runs_its_cpu_fallback_and_reports_every_backend(tmp_path):
             assert b["variants"][v]["jit_compile"] is (backend == "jax"), (backend, v)
         assert b["gloro_over_plain_float32"] > 0.5
         assert all(c > 0 for c in b["variants"]["gloro_float32"]["cpu_s"]), backend  # process CPU s per step
+        assert b["versions"]["keras"] and b["devices"], backend
     table = (tmp_path / "gpu_check.md").read_text()
     assert "| tensorflow | float32 |" in table and "PyTorch" in table
+
+
+def test_gpu_check_child_out_of_time_is_reported_and_the_run_goes_on():
+    import argparse
+
+    import gpu_check
+
+    t = time.perf_counter()
+    r = gpu_check.run_child("jax", "L1W8", argparse.Namespace(rounds=1, steps=1, timeout=1))
+    assert time.perf_counter() - t < 30  # killed, not waited for
+    assert r["error"] == "timed out after 1 s" and r["backend"] == "jax" and "variants" not in r
+    table = gpu_check.report({"finished": "now", "gpus": [], "backends": {"jax": r},
+                              "torch": {"skipped": "not run yet"}}, "L1W8")
+    assert "| jax | — | error: timed out after 1 s |" in table and "| PyTorch | — | not run yet |" in table
 
 
 def test_jax_over_tf_is_reported_on_wall_and_cpu_time():
