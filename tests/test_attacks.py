@@ -320,3 +320,31 @@ def test_soundness_check_gloro_on_a_real_gloro_model(linear):
     rep = soundness_check_gloro(gloro, x, epsilon=eps, steps=20, restarts=1)
     assert rep.ok and rep.num_checked == int(np.sum(radii > eps))
     np.testing.assert_allclose(rep.attack_radius[rep.checked], eps * (1 - 1e-6))
+
+
+def test_attacks_evaluate_the_network_with_full_precision_kernels(linear):
+    # Certificates are about float32 arithmetic; on GPUs the default is TF32 (TensorFlow, JAX's
+    # default precision), where an attack on large-bias nets "broke" float32 certificates by
+    # margins of 90-1500 (H200, JAX 0.11.2). Every attack must evaluate the float32 network.
+    from gloro_keras.ops import full_precision_active
+
+    _, W, b, x, y, dist, _ = linear
+    seen = []
+
+    class Spy(keras.layers.Layer):
+        def call(self, z):
+            seen.append(full_precision_active())
+            return z
+
+    inp = keras.Input((D,))
+    dense = keras.layers.Dense(M)
+    model = keras.Model(inp, Spy()(dense(inp)))
+    dense.set_weights([W, b])
+    seen.clear()
+    pgd_l2(model, x, y, 0.1, steps=2)
+    apgd_l2(model, x, y, 0.1, steps=2)
+    empirical_lipschitz_lower_bound(model, x, steps=2)
+    margin_lipschitz_lower_bound(model, x, steps=2)
+    soundness_check(model, x, y, dist * 0.5, steps=2, restarts=1, num_targets=1)
+    assert seen and all(seen), seen
+    assert not full_precision_active()  # restored

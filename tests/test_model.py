@@ -391,3 +391,69 @@ def test_files_saved_by_gloro_keras_0_1_still_load():
     np.testing.assert_allclose(model.predict_logits(expected["x"]), expected["logits"], rtol=0, atol=tol)
     np.testing.assert_array_equal(model.certify(expected["x"]), expected["certify"])
     assert model.lipschitz_bound("sound") == pytest.approx(float(expected["k"]), rel=1e-12)
+
+
+class _PrecisionSpy(keras.layers.Identity):
+    """Identity that records, whenever its call runs (eagerly or traced), whether float32
+    kernels are at full precision there (TF32 off / JAX "highest")."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.seen = []
+
+    def call(self, x):
+        self.seen.append(gk.ops.full_precision_active())
+        return x
+
+
+def test_inference_runs_with_full_precision_kernels_and_training_as_configured():
+    # On GPUs float32 convolutions and matmuls default to TF32 (TensorFlow; JAX's default
+    # precision), whose rounding the certificates do not cover: every inference path must
+    # compute the float32 network (seen broken on an H200 at JAX's default precision).
+    spy = _PrecisionSpy()
+    inp = keras.Input((6,))
+    z = MinMax()(spy(gk.layers.LipschitzDense(8)(inp)))
+    model = gk.GloroModel(keras.Model(inp, LLNDense(3)(z)), epsilon=0.1)
+    x = np.random.default_rng(0).uniform(size=(32, 6)).astype("float32")
+    y = np.arange(32) % 3
+    assert not gk.ops.full_precision_active()  # the process default, restored after each call
+    spy.seen.clear()
+    model(x)
+    model(x, training=False)
+    model.predict(x, verbose=0)
+    model.compile(optimizer="adam", loss="emma")
+    model.evaluate(x, y, verbose=0)
+    model.certify(x)
+    model.certified_radius(x)
+    assert spy.seen and all(spy.seen), spy.seen
+    assert not gk.ops.full_precision_active()
+    spy.seen.clear()
+    model.fit(x, y, epochs=1, batch_size=16, verbose=0, converge_bounds=False)
+    model(x, training=True)
+    assert spy.seen and not any(spy.seen), spy.seen  # training: as the user configured it
+
+
+@pytest.mark.skipif(keras.backend.backend() != "jax", reason="JAX's trace-time matmul precision")
+def test_jax_inference_traces_every_conv_and_matmul_at_highest_precision():
+    import jax
+    import jax.extend.core as jax_core
+    from jax import lax
+
+    model = tiny_liresnet()
+    x = np.zeros((2, 8, 8, 1), "float32")
+
+    def precisions(jaxpr):
+        for eqn in jaxpr.eqns:
+            if eqn.primitive.name in ("conv_general_dilated", "dot_general"):
+                yield eqn.primitive.name, eqn.params.get("precision")
+            for sub in jax_core.jaxprs_in_params(eqn.params):
+                yield from precisions(sub)
+
+    highest = (lax.Precision.HIGHEST, lax.Precision.HIGHEST)
+    tv = [v.value for v in model.trainable_variables]
+    ntv = [v.value for v in model.non_trainable_variables]
+    for traced in (jax.make_jaxpr(lambda z: model(z))(x),  # as jax.jit(model) traces it
+                   jax.make_jaxpr(lambda a, b, z: model.stateless_call(a, b, z)[0])(tv, ntv, x)):  # Keras's predict_step
+        found = list(precisions(traced.jaxpr))
+        assert {name for name, _ in found} == {"conv_general_dilated", "dot_general"}
+        assert all(p == highest for _, p in found), found

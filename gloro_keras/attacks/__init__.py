@@ -11,7 +11,8 @@
 
 All functions take a plain "logits model" (a ``keras.Model`` or any callable
 ``x -> (B, m)`` logits) and numpy arrays; they run on the TensorFlow and JAX
-backends.
+backends, with full-precision float32 kernels (TF32 off, JAX "highest"): the
+arithmetic that certificates are about (docs/soundness.md).
 """
 
 from .lower_bound import (

@@ -8,6 +8,13 @@ the only backend-specific pieces are
 * how a step function is compiled (``tf.function`` without XLA on TensorFlow,
   ``jax.jit`` on JAX).
 
+Every public attack runs under :func:`full_precision_kernels` (decorator
+:func:`float32_kernels`) and every model evaluation is traced under
+``full_precision_trace``: attacks evaluate the float32 network that
+certificates are about, not a TF32 one (the default of float32 convolutions and
+matmuls on Ampere and newer NVIDIA GPUs in TensorFlow, and at JAX's default
+precision), whose logits can differ by far more than float32 rounding.
+
 A "logits model" is wrapped into a :class:`PureModel`: a function
 ``apply(state, x) -> logits`` plus the current ``state``.  On JAX the state is
 the tuple of the model's variable values, handed to the compiled function as an
@@ -18,10 +25,13 @@ the state is empty and the model's ``tf.Variable`` s are read directly.
 
 from __future__ import annotations
 
+import functools
 import weakref
 
 import keras
 import numpy as np
+
+from gloro_keras.ops.precision import full_precision_kernels, full_precision_trace
 
 __all__ = [
     "backend_name",
@@ -30,6 +40,7 @@ __all__ = [
     "compile_fn",
     "cached",
     "to_numpy",
+    "float32_kernels",
 ]
 
 _SUPPORTED = ("tensorflow", "jax")
@@ -90,6 +101,10 @@ class PureModel:
         )
 
     def apply(self, state, x):
+        with full_precision_trace():
+            return self._apply(state, x)
+
+    def _apply(self, state, x):
         if self._stateless:
             trainable, non_trainable = state
             out, _ = self.model.stateless_call(
@@ -99,6 +114,17 @@ class PureModel:
         if self.is_layer:
             return self.model(x, training=False)
         return self.model(x)
+
+
+def float32_kernels(fn):
+    """Decorator: run `fn` inside `full_precision_kernels()` (TF32 off, JAX "highest")."""
+
+    @functools.wraps(fn)
+    def wrapped(*args, **kwargs):
+        with full_precision_kernels():
+            return fn(*args, **kwargs)
+
+    return wrapped
 
 
 def value_and_grad(fn, argnums=0):

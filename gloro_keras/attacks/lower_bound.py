@@ -184,6 +184,7 @@ def _initial_pairs(x, pairs, init_scale, rng, clip):
     return xa, xb, point_index
 
 
+@_grad.float32_kernels
 def empirical_lipschitz_lower_bound(
     logits_model,
     x,
@@ -244,6 +245,7 @@ def _resolve_class_pairs(class_pairs, logits, m):
     return [cp] * n
 
 
+@_grad.float32_kernels
 def margin_lipschitz_lower_bound(
     logits_model,
     x,

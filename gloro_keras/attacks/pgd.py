@@ -394,6 +394,7 @@ def _num_classes(pm, x):
     return int(logits.shape[-1])
 
 
+@_grad.float32_kernels
 def pgd_l2(
     logits_model,
     x,
@@ -440,6 +441,7 @@ def pgd_l2(
     )
 
 
+@_grad.float32_kernels
 def apgd_l2(
     logits_model,
     x,

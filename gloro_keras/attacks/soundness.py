@@ -119,6 +119,7 @@ def _logits_np(pm, x, batch_size):
     return np.concatenate(out).astype(np.float64)
 
 
+@_grad.float32_kernels
 def soundness_check(
     logits_model,
     x,
@@ -275,6 +276,7 @@ def soundness_check(
     return report
 
 
+@_grad.float32_kernels
 def soundness_check_gloro(model, x, epsilon=None, **kwargs) -> SoundnessReport:
     """:func:`soundness_check` for a GloRo model (duck-typed).
 

@@ -25,7 +25,7 @@ from gloro_keras.ops.margins import (
     pairwise_distances_upper,
     strict_bottom_logit,
 )
-from gloro_keras.ops.precision import check_float32_math, full_precision_kernels
+from gloro_keras.ops.precision import check_float32_math, full_precision_kernels, full_precision_trace
 
 BOUNDS = ("sound", "power", "current")
 # "float32": certify the network as it computes in float32 (rounding included; the default).
@@ -296,14 +296,29 @@ class GloroModel(keras.Model):
         `fit`): a dict with those `outputs` and what the loss needs, `logits`,
         `margin_bounds` (this step's K_ij, power iteration advanced once) and `epsilon`
         (ε_train); `compute_loss` and `compute_metrics` take it apart."""
-        if not training and self._rounding is not None:
-            return self._inference_call(inputs)
+        if not training:
+            with full_precision_trace():  # the float32 network the certificates are about
+                return self._inference_outputs(inputs)
         logits, kmat, eps = self._exact_forward(inputs, training)
         y_bot = bottom_logit(logits, kmat, eps)
+        outputs = ops.concatenate([logits, y_bot[:, None]], axis=-1)
+        return {"outputs": outputs, "logits": logits, "margin_bounds": kmat, "epsilon": eps}
+
+    def __call__(self, *args, **kwargs):
+        """Inference calls run with full-precision float32 kernels (TF32 off), as `predict` does;
+        training calls as configured. (Keras also calls the model to build it, e.g. in `fit`, so
+        a process whose oneDNN lowers float32 is refused by the certifying entry points, not here.)"""
+        training = kwargs.get("training", args[1] if len(args) > 1 else None)
         if training:
-            outputs = ops.concatenate([logits, y_bot[:, None]], axis=-1)
-            return {"outputs": outputs, "logits": logits, "margin_bounds": kmat, "epsilon": eps}
-        y_bot = strict_bottom_logit(logits, y_bot)
+            return super().__call__(*args, **kwargs)
+        with full_precision_kernels(check=False):
+            return super().__call__(*args, **kwargs)
+
+    def _inference_outputs(self, inputs):
+        if self._rounding is not None:
+            return self._inference_call(inputs)
+        logits, kmat, eps = self._exact_forward(inputs, False)
+        y_bot = strict_bottom_logit(logits, bottom_logit(logits, kmat, eps))
         # A non-finite output is never certified: ⊥ wins the argmax.
         finite = ops.all(ops.isfinite(logits), axis=-1)
         y_bot = ops.where(finite, y_bot, _BIG)

@@ -29,7 +29,9 @@ from gloro_keras.ops.precision import (
     affine,
     check_float32_math,
     float64_available,
+    full_precision_active,
     full_precision_kernels,
+    full_precision_trace,
 )
 from gloro_keras.ops.relaxations import Affinity, Relaxation, RelaxedCertificate, TopK
 from gloro_keras.ops.winograd import winograd_applies, winograd_conv3x3, winograd_pays
@@ -37,7 +39,7 @@ from gloro_keras.ops.winograd import winograd_applies, winograd_conv3x3, winogra
 __all__ = [
     "Affinity", "FLOAT64_SAFETY", "MarginCertificate", "ReducedPrecisionError", "Relaxation", "RelaxedCertificate", "TINY", "TopK",
     "accumulate_float64", "add_bias", "affine", "as_pair", "bottom_logit", "certified_radius_np", "certify_np", "check_epsilon", "check_float32_math",
-    "conv_kernel_vjp", "explicit_padding", "finite_argmax", "float64_available", "full_precision_kernels",
+    "conv_kernel_vjp", "explicit_padding", "finite_argmax", "float64_available", "full_precision_active", "full_precision_kernels", "full_precision_trace",
     "gloro_outputs", "l2_normalize", "label_lift", "margin_slack_rate", "normalize_padding", "pairwise_distances",
     "pairwise_distances_np", "pairwise_distances_upper", "predicted_class", "safe_norm", "sort_halves", "sparse_labels",
     "strict_bottom_logit", "winograd_applies", "winograd_conv3x3", "winograd_pays",

@@ -3,8 +3,14 @@
 TensorFlow runs float32 matmuls and convolutions in TF32 (10-bit mantissa, u = 2⁻¹¹) by default
 on Ampere and newer NVIDIA GPUs, and JAX's default matmul precision may do the same. The rounding
 analysis (`gloro_keras.models.rounding`) assumes float32 arithmetic (u = 2⁻²⁴), so every
-certification path (`certify`, `certified_radius`, `predict`, `evaluate` of a GloroModel) runs
-inside `full_precision_kernels()`. Training is left as the user configured it.
+inference path of a GloroModel (`model(x)`, `predict`, `evaluate`, `certify`,
+`certified_radius`) and every attack (`gloro_keras.attacks`) runs inside
+`full_precision_kernels()`, and a GloroModel's inference call is traced under
+`full_precision_trace()`. Training is left as the user configured it.
+
+Seen on an NVIDIA H200 with JAX 0.11.2 (bench/results/gpu_check-2026-12-04-h200.md): at JAX's
+default precision, an attack on large-bias nets broke float32 certificates by margins of 90–1500
+(TF32 rounding), and found nothing at "highest".
 
 oneDNN (TensorFlow's CPU kernels) can be told to run float32 convolutions and matmuls in
 bfloat16 ("fpmath mode"); on a CPU with AMX/AVX512-BF16 a float32 3x3 conv then came out with a
@@ -52,12 +58,15 @@ def check_float32_math(environ=None):
 
 
 @contextlib.contextmanager
-def full_precision_kernels():
+def full_precision_kernels(check=True):
     """Disable TF32 (TensorFlow) / use "highest" matmul precision (JAX) inside the block.
 
-    Raises `ReducedPrecisionError` when oneDNN is set to lower float32 (`check_float32_math`).
+    Args:
+        check: raise `ReducedPrecisionError` first when oneDNN is set to lower float32
+            (`check_float32_math`).
     """
-    check_float32_math()
+    if check:
+        check_float32_math()
     backend = keras.backend.backend()
     if backend == "tensorflow":
         import tensorflow as tf
@@ -75,6 +84,39 @@ def full_precision_kernels():
             yield
     else:
         yield
+
+
+@contextlib.contextmanager
+def full_precision_trace():
+    """Full-precision float32 kernels for the ops *traced* inside the block.
+
+    On JAX the matmul precision is read when an op is traced, so "highest" set here holds in
+    every jitted function that traces the block, wherever that function later runs. TensorFlow's
+    TF32 is a process-wide switch read when a kernel runs, which a traced graph cannot set: there
+    `full_precision_kernels()` must surround the execution, and this is a no-op.
+    """
+    if keras.backend.backend() == "jax":
+        import jax
+
+        with jax.default_matmul_precision("highest"):
+            yield
+    else:
+        yield
+
+
+def full_precision_active():
+    """Whether float32 kernels run here at full precision: TF32 off (TensorFlow), or "highest" /
+    "float32" matmul precision set for what is traced here (JAX)."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return not tf.config.experimental.tensor_float_32_execution_enabled()
+    if backend == "jax":
+        import jax
+
+        return str(jax.config.jax_default_matmul_precision).lower() in ("highest", "float32")
+    return True
 
 
 def float64_available():
