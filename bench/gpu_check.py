@@ -14,6 +14,8 @@ peak device memory (the process's, all variants together), versions and float32 
 `MirroredStrategy` (global batch 256 per GPU). Before them, the PyTorch reference
 (bench/torch_reference.py, same network) on the same device, float32 and bfloat16 autocast.
 Results are written after each stage, so a run cut short (`--timeout` per child) keeps what finished.
+On a GPU it then runs the certificate tests (`SOUNDNESS_TESTS`) under each backend on the GPU's
+kernels (`--soundness`), logs in `--out`: a failure there makes the script exit 1.
 
 Without a GPU it runs on the CPU at `--config L2W16` (the fallback that tests the script; a
 CPU's figures belong to bench/training.py). Prints a table; writes gpu_check.json (`--out`).
@@ -21,6 +23,7 @@ CPU's figures belong to bench/training.py). Prints a table; writes gpu_check.jso
 import argparse
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 import time
@@ -161,7 +164,6 @@ def run_child(backend, config, args, dtypes="float32,bfloat16", stream=False):
     """One backend's steps in a fresh process (KERAS_BACKEND=backend): its result dict, with what
     finished kept when the child fails or passes `args.timeout` seconds (then also "error").
     `stream` echoes the child's progress lines."""
-    import os
     import tempfile
     import threading
 
@@ -203,13 +205,41 @@ def run_torch(config, args, device):
         return {"skipped": f"no torch in {python}"}
     cmd = [python, str(HERE / "torch_reference.py"), "--configs", config, "--formats", "channels_last",
            "--repeats", str(args.rounds), "--bf16", "--device", device]
+    # torch_reference.py needs only the standard library and torch: keep keras' wheels (built for
+    # this interpreter, on the PYTHONPATH by gpu_check.sh) away from another interpreter
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     try:
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, env=env)
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {args.timeout} s"}
     if p.returncode != 0:
         return {"error": p.stderr[-1500:]}
     return json.loads(p.stdout)
+
+
+SOUNDNESS_TESTS = ("tests/test_rounding.py", "tests/test_attacks.py")
+
+
+def run_soundness(backend, args, out):
+    """The certificate tests (`SOUNDNESS_TESTS`) on this machine's default device under `backend`:
+    float64 re-evaluation, ties, batches and attacks at the float32 boundary, here against the
+    GPU's kernels. JAX runs with x64 on (the tests' float64 reference; the network stays float32).
+    Returns {"summary": pytest's last line, "passed": bool}; the log goes to `out`."""
+    env = dict(os.environ, KERAS_BACKEND=backend, XLA_PYTHON_CLIENT_PREALLOCATE="false",
+               PYTHONPATH=os.pathsep.join(filter(None, [str(U.REPO), os.environ.get("PYTHONPATH")])))
+    if backend == "jax":
+        env["JAX_ENABLE_X64"] = "1"
+    cmd = [sys.executable, "-m", "pytest", "-o", "addopts=", "-q", "-p", "no:cacheprovider",
+           "-W", "ignore::DeprecationWarning", *SOUNDNESS_TESTS]
+    log = out / f"soundness-{backend}.log"
+    try:
+        p = subprocess.run(cmd, cwd=U.REPO, env=env, capture_output=True, text=True, timeout=args.timeout)
+    except subprocess.TimeoutExpired as e:
+        log.write_text(str(e.stdout or ""))
+        return {"summary": f"timed out after {args.timeout} s", "passed": False}
+    log.write_text(p.stdout + p.stderr[-5000:])
+    lines = [line for line in p.stdout.splitlines() if line.strip()]
+    return {"summary": lines[-1].strip("= ") if lines else p.stderr[-300:], "passed": p.returncode == 0}
 
 
 def main(argv=None):
@@ -222,6 +252,8 @@ def main(argv=None):
     ap.add_argument("--timeout", type=int, default=1200, help="seconds per child process")
     ap.add_argument("--out", default=str(HERE / "results"))
     ap.add_argument("--dtypes", default="float32,bfloat16")
+    ap.add_argument("--soundness", choices=("auto", "yes", "no"), default="auto",
+                    help="also run the certificate tests per backend on the device (auto: on a GPU)")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
@@ -257,10 +289,21 @@ def main(argv=None):
         results["backends"][backend] = r
         print(f"  {backend}: {'error' if 'error' in r else 'done'} in {time.time() - t:.0f} s", flush=True)
         save()
+    if args.soundness == "yes" or (args.soundness == "auto" and gpus):
+        results["soundness"] = {}
+        for backend in args.backends.split(","):
+            if importlib.util.find_spec(backend) is None or importlib.util.find_spec("pytest") is None:
+                continue
+            t = time.time()
+            results["soundness"][backend] = run_soundness(backend, args, out)
+            print(f"  certificate tests on {backend}: {results['soundness'][backend]['summary']} "
+                  f"({time.time() - t:.0f} s)", flush=True)
+            save()
     table = save()
     print(table)
     print(f"wrote {out / 'gpu_check.json'} and gpu_check.md")
     failed = [b for b, r in results["backends"].items() if "error" in r]
+    failed += [b for b, r in results.get("soundness", {}).items() if not r["passed"]]
     return 1 if failed else 0
 
 
@@ -300,6 +343,9 @@ def report(results, config):
         lines.append(f"| PyTorch | — | {t.get('skipped') or 'error: ' + ' '.join(str(t.get('error')).split())[-200:]} | | | | | |")
     notes = [f"- {backend}: " + ", ".join(f"{k} {v}" for k, v in r["versions"].items())
              for backend, r in results["backends"].items() if r.get("versions")]
+    notes += [f"- certificate tests ({', '.join(SOUNDNESS_TESTS)}) on {backend}: {r['summary']}"
+              f"{'' if r['passed'] else ' — FAILED, see soundness-' + backend + '.log'}"
+              for backend, r in results.get("soundness", {}).items()]
     if "cudnn_allow_tf32" in t:
         notes.append(f"- PyTorch: {t.get('gpu', '')}, cudnn.allow_tf32 {t['cudnn_allow_tf32']}, "
                      f"matmul.allow_tf32 {t['matmul_allow_tf32']}")

@@ -125,8 +125,10 @@ def test_gpu_check_child_out_of_time_is_reported_and_the_run_goes_on():
     assert time.perf_counter() - t < 30  # killed, not waited for
     assert r["error"] == "timed out after 1 s" and r["backend"] == "jax" and "variants" not in r
     table = gpu_check.report({"finished": "now", "gpus": [], "backends": {"jax": r},
-                              "torch": {"skipped": "not run yet"}}, "L1W8")
+                              "torch": {"skipped": "not run yet"},
+                              "soundness": {"jax": {"summary": "2 failed, 21 passed", "passed": False}}}, "L1W8")
     assert "| jax | — | error: timed out after 1 s |" in table and "| PyTorch | — | not run yet |" in table
+    assert "on jax: 2 failed, 21 passed — FAILED, see soundness-jax.log" in table
 
 
 def test_jax_over_tf_is_reported_on_wall_and_cpu_time():
