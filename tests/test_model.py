@@ -394,15 +394,25 @@ def test_files_saved_by_gloro_keras_0_1_still_load():
 
 
 class _PrecisionSpy(keras.layers.Identity):
-    """Identity that records, whenever its call runs (eagerly or traced), whether float32
-    kernels are at full precision there (TF32 off / JAX "highest")."""
+    """Identity that records whether float32 kernels run at full precision there: on TensorFlow
+    when the op runs (TF32 is read then; a `tf.py_function`, so also inside compiled functions),
+    on JAX when the call is traced ("highest" is baked into the trace)."""
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self.seen = []
 
-    def call(self, x):
+    def _record(self):
         self.seen.append(gk.ops.full_precision_active())
+        return 0.0
+
+    def call(self, x):
+        if keras.backend.backend() == "tensorflow":
+            import tensorflow as tf
+
+            with tf.control_dependencies([tf.py_function(self._record, [], tf.float32)]):
+                return tf.identity(x)
+        self._record()
         return x
 
 
@@ -420,8 +430,12 @@ def test_inference_runs_with_full_precision_kernels_and_training_as_configured()
     spy.seen.clear()
     model(x)
     model(x, training=False)
-    model.predict(x, verbose=0)
     model.compile(optimizer="adam", loss="emma")
+    # the *_on_batch forms first: they trace the predict / test functions that predict / evaluate
+    # reuse, and TensorFlow reads TF32 when those run, not when they are traced
+    model.predict_on_batch(x)
+    model.test_on_batch(x, y)
+    model.predict(x, verbose=0)
     model.evaluate(x, y, verbose=0)
     model.certify(x)
     model.certified_radius(x)

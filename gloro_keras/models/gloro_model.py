@@ -525,6 +525,15 @@ class GloroModel(keras.Model):
         with full_precision_kernels():
             return super().predict(x, *args, **kwargs)
 
+    def test_on_batch(self, x, y=None, *args, **kwargs):
+        self._check_labels(y)
+        with full_precision_kernels():
+            return super().test_on_batch(x, y, *args, **kwargs)
+
+    def predict_on_batch(self, x):
+        with full_precision_kernels():
+            return super().predict_on_batch(x)
+
     # -- bounds ----------------------------------------------------------------------
     def converge_bounds(self, max_iterations=500, tolerance=1e-6):
         """Run every layer's power iteration to convergence (no gradients); returns K."""

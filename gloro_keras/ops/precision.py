@@ -3,8 +3,8 @@
 TensorFlow runs float32 matmuls and convolutions in TF32 (10-bit mantissa, u = 2⁻¹¹) by default
 on Ampere and newer NVIDIA GPUs, and JAX's default matmul precision may do the same. The rounding
 analysis (`gloro_keras.models.rounding`) assumes float32 arithmetic (u = 2⁻²⁴), so every
-inference path of a GloroModel (`model(x)`, `predict`, `evaluate`, `certify`,
-`certified_radius`) and every attack (`gloro_keras.attacks`) runs inside
+inference path of a GloroModel (`model(x)`, `predict`, `evaluate`, the `*_on_batch`
+forms, `certify`, `certified_radius`) and every attack (`gloro_keras.attacks`) runs inside
 `full_precision_kernels()`, and a GloroModel's inference call is traced under
 `full_precision_trace()`. Training is left as the user configured it.
 
