@@ -67,6 +67,29 @@ def input_gradient(fn, x):
     pytest.skip(f"no gradient helper for backend {backend}")
 
 
+class PrecisionSpy(keras.layers.Identity):
+    """Identity that records whether float32 kernels run at full precision there: on TensorFlow
+    when the op runs (TF32 is read then; a `tf.py_function`, so also inside compiled functions),
+    on JAX when the call is traced ("highest" is baked into the trace)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.seen = []
+
+    def _record(self):
+        self.seen.append(gk.ops.full_precision_active())
+        return 0.0
+
+    def call(self, x):
+        if keras.backend.backend() == "tensorflow":
+            import tensorflow as tf
+
+            with tf.control_dependencies([tf.py_function(self._record, [], tf.float32)]):
+                return tf.identity(x)
+        self._record()
+        return x
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     keras.utils.set_random_seed(1234)

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from keras import ops
 
+from conftest import PrecisionSpy
 from gloro_keras.attacks import (
     apgd_l2,
     CertificationSoundnessError,
@@ -329,17 +330,11 @@ def test_attacks_evaluate_the_network_with_full_precision_kernels(linear):
     from gloro_keras.ops import full_precision_active
 
     _, W, b, x, y, dist, _ = linear
-    seen = []
-
-    class Spy(keras.layers.Layer):
-        def call(self, z):
-            seen.append(full_precision_active())
-            return z
-
     inp = keras.Input((D,))
-    dense = keras.layers.Dense(M)
-    model = keras.Model(inp, Spy()(dense(inp)))
+    dense, spy = keras.layers.Dense(M), PrecisionSpy()
+    model = keras.Model(inp, spy(dense(inp)))
     dense.set_weights([W, b])
+    seen = spy.seen
     seen.clear()
     pgd_l2(model, x, y, 0.1, steps=2)
     apgd_l2(model, x, y, 0.1, steps=2)

@@ -6,7 +6,7 @@ import pytest
 from keras import ops
 
 import gloro_keras as gk
-from conftest import REPO, explicit_matrix, input_gradient, spectral_norm
+from conftest import REPO, PrecisionSpy, explicit_matrix, input_gradient, spectral_norm
 from gloro_keras.layers import LLNDense, MinMax
 
 
@@ -393,34 +393,11 @@ def test_files_saved_by_gloro_keras_0_1_still_load():
     assert model.lipschitz_bound("sound") == pytest.approx(float(expected["k"]), rel=1e-12)
 
 
-class _PrecisionSpy(keras.layers.Identity):
-    """Identity that records whether float32 kernels run at full precision there: on TensorFlow
-    when the op runs (TF32 is read then; a `tf.py_function`, so also inside compiled functions),
-    on JAX when the call is traced ("highest" is baked into the trace)."""
-
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        self.seen = []
-
-    def _record(self):
-        self.seen.append(gk.ops.full_precision_active())
-        return 0.0
-
-    def call(self, x):
-        if keras.backend.backend() == "tensorflow":
-            import tensorflow as tf
-
-            with tf.control_dependencies([tf.py_function(self._record, [], tf.float32)]):
-                return tf.identity(x)
-        self._record()
-        return x
-
-
 def test_inference_runs_with_full_precision_kernels_and_training_as_configured():
     # On GPUs float32 convolutions and matmuls default to TF32 (TensorFlow; JAX's default
     # precision), whose rounding the certificates do not cover: every inference path must
     # compute the float32 network (seen broken on an H200 at JAX's default precision).
-    spy = _PrecisionSpy()
+    spy = PrecisionSpy()
     inp = keras.Input((6,))
     z = MinMax()(spy(gk.layers.LipschitzDense(8)(inp)))
     model = gk.GloroModel(keras.Model(inp, LLNDense(3)(z)), epsilon=0.1)
