@@ -328,6 +328,42 @@ def test_certification_runs_with_tf32_off_and_restores_the_setting():
         tf.config.experimental.enable_tensor_float_32_execution(True)
 
 
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="TensorFlow's process-wide TF32 switch")
+def test_tf32_stays_off_until_the_last_of_overlapping_blocks_exits():
+    # Two threads' inference calls overlap: the first to finish must not turn TF32 back on
+    # under the other (on a GPU its kernels would then round like TF32).
+    import threading
+
+    import tensorflow as tf
+
+    tf.config.experimental.enable_tensor_float_32_execution(True)
+    a_inside, b_inside, a_done, seen = threading.Event(), threading.Event(), threading.Event(), []
+
+    def a():
+        with full_precision_kernels():
+            a_inside.set()
+            b_inside.wait(30)
+        a_done.set()
+
+    def b():
+        a_inside.wait(30)
+        with full_precision_kernels():
+            b_inside.set()
+            a_done.wait(30)
+            seen.append(tf.config.experimental.tensor_float_32_execution_enabled())
+
+    threads = [threading.Thread(target=f) for f in (a, b)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert seen == [False]  # still off inside b after a exited
+        assert tf.config.experimental.tensor_float_32_execution_enabled()  # restored by the last
+    finally:
+        tf.config.experimental.enable_tensor_float_32_execution(True)
+
+
 def test_onednn_reduced_precision_modes_are_refused_before_certifying(monkeypatch):
     # TF_SET_ONEDNN_FPMATH_MODE=BF16 makes oneDNN run float32 convolutions in bfloat16 on CPUs
     # with AMX/AVX512-BF16 (measured relative error 2.3e-3 instead of 7.6e-7): the rounding

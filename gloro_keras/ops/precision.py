@@ -20,6 +20,7 @@ it once TensorFlow runs, so `full_precision_kernels()` refuses to certify under 
 """
 import contextlib
 import os
+import threading
 
 import keras
 from keras import ops
@@ -31,6 +32,11 @@ from gloro_keras.ops.bias import add_bias
 REDUCED_PRECISION_VARIABLES = ("TF_SET_ONEDNN_FPMATH_MODE", "ONEDNN_DEFAULT_FPMATH_MODE",
                                "DNNL_DEFAULT_FPMATH_MODE")
 _FAST_MATH_VARIABLES = ("DNNL_ACL_ENABLE_FAST_MATH",)  # Arm Compute Library: bf16 kernels if set
+
+# TensorFlow's TF32 switch is process-wide: blocks of `full_precision_kernels` in several threads
+# (or exited out of order) share it, and the setting from before the first is restored by the last.
+_TF32_LOCK = threading.Lock()
+_TF32_STATE = {"holders": 0, "was": None}
 
 
 class ReducedPrecisionError(RuntimeError):
@@ -61,6 +67,9 @@ def check_float32_math(environ=None):
 def full_precision_kernels(check=True):
     """Disable TF32 (TensorFlow) / use "highest" matmul precision (JAX) inside the block.
 
+    Safe in several threads at once: TensorFlow's switch stays off until the last block exits
+    (JAX's setting is per thread).
+
     Args:
         check: raise `ReducedPrecisionError` first when oneDNN is set to lower float32
             (`check_float32_math`).
@@ -71,12 +80,18 @@ def full_precision_kernels(check=True):
     if backend == "tensorflow":
         import tensorflow as tf
 
-        was = tf.config.experimental.tensor_float_32_execution_enabled()
-        tf.config.experimental.enable_tensor_float_32_execution(False)
+        with _TF32_LOCK:
+            if _TF32_STATE["holders"] == 0:
+                _TF32_STATE["was"] = tf.config.experimental.tensor_float_32_execution_enabled()
+                tf.config.experimental.enable_tensor_float_32_execution(False)
+            _TF32_STATE["holders"] += 1
         try:
             yield
         finally:
-            tf.config.experimental.enable_tensor_float_32_execution(was)
+            with _TF32_LOCK:
+                _TF32_STATE["holders"] -= 1
+                if _TF32_STATE["holders"] == 0:
+                    tf.config.experimental.enable_tensor_float_32_execution(_TF32_STATE["was"])
     elif backend == "jax":
         import jax
 
