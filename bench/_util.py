@@ -324,17 +324,36 @@ def short_error(e, n=300):
     return f"{type(e).__name__}: {' '.join(str(e).split())[:n]}"
 
 
-def backend_child(script, backend, argv, mark, timeout):
+def backend_child(script, backend, argv, mark, timeout, echo=None):
     """Run `python <script> --child <backend> <argv...>` with KERAS_BACKEND=backend (and this
-    process's environment defaults); the JSON it printed after `mark`, or None, and the tail of
-    its output (for the error)."""
+    process's environment defaults). Returns (parts, error): the JSON dicts it printed after
+    `mark`, in order (kept when it fails later or is killed), and "" or why it failed: the tail of
+    its stderr, or "timed out after `timeout` s" (then it is killed). Lines of its stdout that
+    start with `echo` are printed as they come."""
+    import tempfile
+    import threading
+
     cmd = [sys.executable, str(Path(script).resolve()), "--child", backend, *argv]
-    p = subprocess.run(cmd, env=dict(os.environ, KERAS_BACKEND=backend), capture_output=True, text=True,
-                       timeout=timeout)
-    for line in p.stdout.splitlines():
-        if line.startswith(mark):
-            return json.loads(line[len(mark):]), ""
-    return None, (p.stderr or p.stdout)[-1500:]
+    parts, timed_out = [], []
+    with tempfile.TemporaryFile("w+") as err:
+        p = subprocess.Popen(cmd, env=dict(os.environ, KERAS_BACKEND=backend), stdout=subprocess.PIPE,
+                             stderr=err, text=True)
+        timer = threading.Timer(timeout, lambda: (timed_out.append(True), p.kill()))
+        timer.start()
+        try:
+            for line in p.stdout:
+                if line.startswith(mark):
+                    parts.append(json.loads(line[len(mark):]))
+                elif echo and line.startswith(echo):
+                    print(line.rstrip(), flush=True)
+            p.wait()
+        finally:
+            timer.cancel()
+        err.seek(0)
+        tail = err.read()[-1500:]
+    if timed_out:
+        return parts, f"timed out after {timeout} s"
+    return parts, (tail or f"exit status {p.returncode}") if p.returncode else ""
 
 
 # -- timing -----------------------------------------------------------------------------

@@ -135,8 +135,9 @@ def main(argv=None):
                "environment": {"cpu": U.cpu_model(), "cpus": os.cpu_count(),
                                "TF_ENABLE_ONEDNN_OPTS": os.environ.get("TF_ENABLE_ONEDNN_OPTS")}}
     for backend in ("tensorflow", "jax"):
-        results[backend], error = U.backend_child(__file__, backend, ["--widths", args.widths, "--repeats",
-                                                                      str(args.repeats)], MARK, 1800)
+        parts, error = U.backend_child(__file__, backend, ["--widths", args.widths, "--repeats", str(args.repeats)],
+                                       MARK, 1800)
+        results[backend] = parts[0] if parts else None
         if results[backend] is None:
             sys.exit(f"the {backend} child failed:\n{error}")
     table = report(results)

@@ -164,37 +164,17 @@ def run_child(backend, config, args, dtypes="float32,bfloat16", stream=False):
     """One backend's steps in a fresh process (KERAS_BACKEND=backend): its result dict, with what
     finished kept when the child fails or passes `args.timeout` seconds (then also "error").
     `stream` echoes the child's progress lines."""
-    import tempfile
-    import threading
-
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", backend, "--config", config,
-           "--rounds", str(args.rounds), "--steps", str(args.steps), "--dtypes", dtypes]
-    result, variants, timed_out = {}, {}, []
-    with tempfile.TemporaryFile("w+") as err:
-        p = subprocess.Popen(cmd, env=dict(os.environ, KERAS_BACKEND=backend), stdout=subprocess.PIPE,
-                             stderr=err, text=True)
-        timer = threading.Timer(args.timeout, lambda: (timed_out.append(True), p.kill()))
-        timer.start()
-        try:
-            for line in p.stdout:
-                if line.startswith(MARK):
-                    part = json.loads(line[len(MARK):])
-                    variants.update(part.pop("variants", {}))
-                    result.update(part)
-                elif stream and line.startswith("  ["):
-                    print(line.rstrip(), flush=True)
-            p.wait()
-        finally:
-            timer.cancel()
-        err.seek(0)
-        tail = err.read()[-1500:]
-    if timed_out:
-        result["error"] = f"timed out after {args.timeout} s"
-    elif p.returncode != 0 or "devices" not in result:
-        result["error"] = tail or f"exit status {p.returncode}"
+    parts, error = U.backend_child(__file__, backend, ["--config", config, "--rounds", str(args.rounds),
+                                                       "--steps", str(args.steps), "--dtypes", dtypes],
+                                   MARK, args.timeout, echo="  [" if stream else None)
+    result, variants = {"backend": backend}, {}
+    for part in parts:
+        variants.update(part.pop("variants", {}))
+        result.update(part)
+    if error or "devices" not in result:
+        result["error"] = error or "the child printed no final result"
     if variants:
         result["variants"] = variants
-    result.setdefault("backend", backend)
     return result
 
 

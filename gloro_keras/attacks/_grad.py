@@ -9,9 +9,8 @@ the only backend-specific pieces are
   ``jax.jit`` on JAX).
 
 Every public attack runs under :func:`full_precision_kernels` (decorator
-:func:`float32_kernels`) and every model evaluation is traced under
-``full_precision_trace``: attacks evaluate the float32 network that
-certificates are about, not a TF32 one (the default of float32 convolutions and
+:func:`float32_kernels`; on JAX its compiled steps are traced inside it):
+attacks evaluate the float32 network that certificates are about, not a TF32 one (the default of float32 convolutions and
 matmuls on Ampere and newer NVIDIA GPUs in TensorFlow, and at JAX's default
 precision), whose logits can differ by far more than float32 rounding.
 
@@ -31,7 +30,7 @@ import weakref
 import keras
 import numpy as np
 
-from gloro_keras.ops.precision import full_precision_kernels, full_precision_trace
+from gloro_keras.ops.precision import full_precision_kernels
 
 __all__ = [
     "backend_name",
@@ -101,10 +100,6 @@ class PureModel:
         )
 
     def apply(self, state, x):
-        with full_precision_trace():
-            return self._apply(state, x)
-
-    def _apply(self, state, x):
         if self._stateless:
             trainable, non_trainable = state
             out, _ = self.model.stateless_call(

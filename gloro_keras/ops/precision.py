@@ -92,13 +92,9 @@ def full_precision_kernels(check=True):
                 _TF32_STATE["holders"] -= 1
                 if _TF32_STATE["holders"] == 0:
                     tf.config.experimental.enable_tensor_float_32_execution(_TF32_STATE["was"])
-    elif backend == "jax":
-        import jax
-
-        with jax.default_matmul_precision("highest"):
-            yield
     else:
-        yield
+        with full_precision_trace():
+            yield
 
 
 @contextlib.contextmanager
