@@ -106,9 +106,10 @@ def network(L, W):
     return gk.liresnet_network(L, W, NUM_CLASSES, INPUT_SHAPE, power_iterations=POWER_ITERATIONS)
 
 
-def build(variant, L, W):
+def build(variant, L, W, group="auto"):
     """variant: plain | gloro_full | gloro_last, optionally suffixed _bf16 (mixed bfloat16
-    training) and/or _xla (jit_compile=True on TensorFlow too).
+    training) and/or _xla (jit_compile=True on TensorFlow too); `group`: the GloRo model's
+    `group_power_iterations`.
 
     plain: the network alone (`gk.liresnet_network`, a plain keras.Model; under the
     mixed_bfloat16 policy for _bf16) with sparse categorical cross-entropy from logits.
@@ -136,7 +137,7 @@ def build(variant, L, W):
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), jit_compile=jit)
     else:
         m = gk.GloroModel(network(L, W), epsilon=EPSILON, bound_gradient=base.split("_")[1],
-                          train_dtype="bfloat16" if bf16 else "float32")
+                          train_dtype="bfloat16" if bf16 else "float32", group_power_iterations=group)
         m.compile(optimizer=make_optimizer(), loss="emma", jit_compile=jit)
     return m
 

@@ -8,7 +8,8 @@ network (`liresnet_network`, cross-entropy) and the GloRo model (`GloroModel`, E
 `bound_gradient="full"`, 10 power iterations), each in float32 and in bfloat16
 (`train_dtype="bfloat16"`; the plain net under `mixed_bfloat16`), batch 256 of 32×32×3; per
 dtype, the two are timed side by side in rounds of `--steps` steps whose order alternates, after
-two warm-up steps. Reported: img/s, GloRo ÷ plain (median of per-round ratios), the first step,
+two warm-up steps (on JAX, float32, also the GloRo step with the other `group_power_iterations`
+setting than "auto" picks there: grouped ÷ separate). Reported: img/s, GloRo ÷ plain (median of per-round ratios), the first step,
 peak device memory (the process's, all variants together), versions and float32 matmul precision
 (TF32 or not). On TensorFlow with several GPUs the float32 GloRo step also runs under
 `MirroredStrategy` (global batch 256 per GPU). Before them, the PyTorch reference
@@ -97,11 +98,17 @@ def child(backend, L, W, rounds, steps, dtypes=("float32", "bfloat16")):
     med = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731
 
     def build(kind, dtype):  # the benchmark's own model variants (bench/_util.py)
-        return U.build(("plain" if kind == "plain" else "gloro_full") + ("_bf16" if dtype == "bfloat16" else ""), L, W)
+        group = {"gloro-grouped": True, "gloro-separate": False}.get(kind, "auto")
+        return U.build(("plain" if kind == "plain" else "gloro_full") + ("_bf16" if dtype == "bfloat16" else ""), L, W,
+                       group=group)
 
+    # JAX, float32: also the other `group_power_iterations` setting than "auto" picks here
+    from gloro_keras.layers.power_groups import grouping_pays
+
+    other = ("gloro-separate" if grouping_pays() else "gloro-grouped") if backend == "jax" else None
     gloro_float32 = None
     for d in dtypes:
-        variants = [f"plain_{d}", f"gloro_{d}"]
+        variants = [f"plain_{d}", f"gloro_{d}"] + ([f"{other}_{d}"] if other and d == "float32" else [])
         models, first = {}, {}
         for v in variants:
             m = build(*v.split("_"))
@@ -124,6 +131,11 @@ def child(backend, L, W, rounds, steps, dtypes=("float32", "bfloat16")):
                                 "jit_compile": bool(models[v].jit_compile)}  # XLA (JAX) or graph mode (TF)
                             for v in variants},
                f"gloro_over_plain_{d}": med([g / p for g, p in zip(times[f"gloro_{d}"], times[f"plain_{d}"])])}
+        if len(variants) > 2:  # GloRo step with the blocks' power iterations grouped ÷ each block alone
+            grouped, separate = (times[f"gloro_{d}"], times[variants[2]])[::1 if other == "gloro-separate" else -1]
+            out[f"grouped_over_separate_{d}"] = med([g / s for g, s in zip(grouped, separate)])
+            out["auto_groups"] = other == "gloro-separate"
+            _say(backend, f"{d}: GloRo step, power iterations grouped / separate {out[f'grouped_over_separate_{d}']:.3f}")
         _say(backend, f"{d}: plain {out['variants'][variants[0]]['images_per_s']:.0f} img/s, GloRo "
                       f"{out['variants'][variants[1]]['images_per_s']:.0f} img/s, GloRo / plain {out[f'gloro_over_plain_{d}']:.3f}")
         print(MARK + json.dumps(out), flush=True)
@@ -323,6 +335,10 @@ def report(results, config):
         lines.append(f"| PyTorch | — | {t.get('skipped') or 'error: ' + ' '.join(str(t.get('error')).split())[-200:]} | | | | | |")
     notes = [f"- {backend}: " + ", ".join(f"{k} {v}" for k, v in r["versions"].items())
              for backend, r in results["backends"].items() if r.get("versions")]
+    notes += [f"- {backend}, float32: GloRo step with the blocks' power iterations grouped (one vectorized "
+              f"computation) ÷ each block alone: {r['grouped_over_separate_float32']:.3f} (`group_power_iterations`"
+              f" \"auto\" {'groups' if r['auto_groups'] else 'does not group'} here; the table's GloRo is \"auto\")"
+              for backend, r in results["backends"].items() if "grouped_over_separate_float32" in r]
     notes += [f"- certificate tests ({', '.join(SOUNDNESS_TESTS)}) on {backend}: {r['summary']}"
               f"{'' if r['passed'] else ' — FAILED, see soundness-' + backend + '.log'}"
               for backend, r in results.get("soundness", {}).items()]

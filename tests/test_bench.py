@@ -94,12 +94,12 @@ def test_a_torch_reference_that_cannot_build_a_config_is_reported(tmp_path):
 @pytest.mark.slow
 def test_gpu_check_runs_its_cpu_fallback_and_reports_every_backend(tmp_path):
     env = dict(os.environ, PYTHON=os.environ.get("PYTHON", __import__("sys").executable))
-    r = subprocess.run(["bash", "bench/gpu_check.sh", "--config", "L1W8", "--rounds", "2", "--steps", "1",
+    r = subprocess.run(["bash", "bench/gpu_check.sh", "--config", "L2W8", "--rounds", "2", "--steps", "1",
                         "--backends", "tensorflow,jax", "--out", str(tmp_path)],
                        cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-3000:])
     result = json.loads((tmp_path / "gpu_check.json").read_text())
-    assert result["config"] == "L1W8"
+    assert result["config"] == "L2W8"
     for backend in ("tensorflow", "jax"):
         b = result["backends"][backend]
         if "skipped" in b:  # not installed here
@@ -111,6 +111,9 @@ def test_gpu_check_runs_its_cpu_fallback_and_reports_every_backend(tmp_path):
         assert b["gloro_over_plain_float32"] > 0.5
         assert all(c > 0 for c in b["variants"]["gloro_float32"]["cpu_s"]), backend  # process CPU s per step
         assert b["versions"]["keras"] and b["devices"], backend
+        if backend == "jax":  # the A/B of grouped power iterations (on a CPU "auto" leaves them separate)
+            assert b["auto_groups"] is False and b["grouped_over_separate_float32"] > 0.3
+            assert b["variants"]["gloro-grouped_float32"]["images_per_s"] > 0
     table = (tmp_path / "gpu_check.md").read_text()
     assert "| tensorflow | float32 |" in table and "PyTorch" in table
 

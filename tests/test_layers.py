@@ -739,3 +739,85 @@ def test_gloro_layers_certify_in_a_gloro_model():
     k = model.lipschitz_bound("sound")
     conv = model.network.layers[1]
     assert conv.sound_bound() * 0.5 <= k <= conv.sound_bound() * 0.5 * (1 + 1e-8)  # |α| = 0.5
+
+
+def _estimates_and_gradients(layers, gradient, group):
+    """(σ per layer, ∂(Σ log σ)/∂ each layer's trainable weights, stored iterates) of one training
+    call of `power_estimates`, from the layers' current iterates (restored afterwards)."""
+    from gloro_keras.layers.power_groups import power_estimates
+
+    start = [ops.convert_to_numpy(layer.iterate) for layer in layers]
+    weights = [w for layer in layers for w in layer.trainable_weights]
+
+    def objective():
+        sigmas = power_estimates(layers, training=True, gradient=gradient, group=group)
+        return ops.sum(ops.log(ops.stack(sigmas))), sigmas
+
+    if keras.backend.backend() == "jax":
+        import jax
+
+        def f(values):
+            with keras.StatelessScope(state_mapping=list(zip(weights, values))) as scope:
+                total, sigmas = objective()
+                stored = [scope.get_current_value(layer.iterate) for layer in layers]
+            return total, (sigmas, stored)
+
+        (_, (sigmas, stored)), grads = jax.value_and_grad(f, has_aux=True)([w.value for w in weights])
+    else:
+        import tensorflow as tf
+
+        with tf.GradientTape() as tape:
+            _, sigmas = objective()
+            total = ops.sum(ops.log(ops.stack(sigmas)))
+        grads = tape.gradient(total, weights)
+        stored = [layer.iterate.value for layer in layers]
+    out = ([float(s) for s in sigmas], [ops.convert_to_numpy(g) for g in grads],
+           [ops.convert_to_numpy(u) for u in stored])
+    for layer, u in zip(layers, start):
+        layer.iterate.assign(u)
+    return out
+
+
+def _mixed_bounded_layers():
+    """Three same-shaped LiResNet blocks (one group), one narrower block, a dense layer."""
+    rng = np.random.default_rng(3)
+    layers = [LiResNetBlock(num_blocks=3, power_iterations=4) for _ in range(3)]
+    layers += [LiResNetBlock(num_blocks=3, power_iterations=4), LipschitzDense(5, power_iterations=4)]
+    for layer, shape in zip(layers, [(None, 6, 6, 8)] * 3 + [(None, 6, 6, 4), (None, 7)]):
+        layer.build(shape)
+        for w in layer.trainable_weights:
+            w.assign(w.value + 0.1 * rng.standard_normal(w.shape).astype("float32"))
+    return layers
+
+
+@pytest.mark.skipif(keras.backend.backend() != "jax", reason="grouping is JAX's (jax.vmap)")
+@pytest.mark.parametrize("gradient", ["full", "last"])
+def test_grouped_power_iterations_equal_each_layer_alone(gradient):
+    """`power_estimates(group=True)` runs the three same-shaped blocks as one vectorized
+    computation: same estimates, gradients and stored iterates as each layer alone."""
+    layers = _mixed_bounded_layers()
+    assert len({layer.power_group_key() for layer in layers[:3]}) == 1
+    assert layers[3].power_group_key() != layers[0].power_group_key() and layers[4].power_group_key() is None
+    alone = _estimates_and_gradients(layers, gradient, group=False)
+    grouped = _estimates_and_gradients(layers, gradient, group=True)
+    np.testing.assert_allclose(grouped[0], alone[0], rtol=1e-5)
+    for got, want in zip(grouped[1] + grouped[2], alone[1] + alone[2]):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
+    assert max(np.abs(u1 - u0).max() for u1, u0 in zip(alone[2], [ops.convert_to_numpy(l.iterate) for l in layers])) > 1e-3
+
+
+def test_power_grouping_is_validated_and_auto_keeps_cpus_ungrouped():
+    from gloro_keras.layers.power_groups import check_grouping, grouping_pays, power_estimates
+
+    with pytest.raises(ValueError, match="Received: 'yes'"):
+        check_grouping("yes")
+    with pytest.raises(ValueError, match="Received: 1"):
+        check_grouping(1)
+    assert not grouping_pays()  # the tests run on CPUs
+    layers = _mixed_bounded_layers()
+    auto = _estimates_and_gradients(layers, "full", group="auto")
+    alone = _estimates_and_gradients(layers, "full", group=False)
+    assert auto[0] == alone[0]
+    if keras.backend.backend() != "jax":
+        with pytest.raises(ValueError, match="needs the JAX backend"):
+            check_grouping(True)

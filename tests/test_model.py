@@ -448,3 +448,34 @@ def test_jax_inference_traces_every_conv_and_matmul_at_highest_precision():
         found = list(precisions(traced.jaxpr))
         assert {name for name, _ in found} == {"conv_general_dilated", "dot_general"}
         assert all(p == highest for _, p in found), found
+
+
+def test_grouped_power_iterations_train_the_same_model_and_round_trip(tmp_path):
+    """`group_power_iterations=True` (JAX) runs the blocks' power iterations as one vectorized
+    computation inside the compiled train step: same weights after `fit` as each block alone.
+    The setting is saved; a file saved with True loads on TensorFlow with 'auto'."""
+    x = np.random.default_rng(0).random((32, 8, 8, 1)).astype("float32")
+    y = np.arange(32) % 4
+    grouping = [False, True] if keras.backend.backend() == "jax" else [False, "auto"]
+    models = []
+    for group in grouping:
+        keras.utils.set_random_seed(1)
+        model = gk.GloroLiResNet(L=3, W=4, num_classes=4, input_shape=(8, 8, 1), epsilon=0.1, dense_width=8,
+                                 power_iterations=3, group_power_iterations=group)
+        model.compile(optimizer=keras.optimizers.SGD(0.05), loss="emma")
+        model.fit(x, y, epochs=2, batch_size=16, verbose=0, shuffle=False)
+        models.append(model)
+    for a, b in zip(models[0].weights, models[1].weights):
+        np.testing.assert_allclose(ops.convert_to_numpy(b), ops.convert_to_numpy(a), rtol=1e-4, atol=1e-6,
+                                   err_msg=a.path)
+    path = tmp_path / "grouped.keras"
+    models[1].save(path)
+    assert keras.models.load_model(path).group_power_iterations == grouping[1]
+    config = models[1].get_config() | {"group_power_iterations": True}
+    if keras.backend.backend() == "jax":
+        assert gk.GloroModel.from_config(config).group_power_iterations is True
+    else:
+        with pytest.warns(UserWarning, match="needs the JAX backend"):
+            assert gk.GloroModel.from_config(config).group_power_iterations == "auto"
+    with pytest.raises(ValueError, match="group_power_iterations must be 'auto', True or False. Received: 'on'"):
+        tiny_liresnet().__class__(models[0].network, epsilon=0.1, group_power_iterations="on")

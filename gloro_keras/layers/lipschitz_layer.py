@@ -158,11 +158,31 @@ class LipschitzLayer(BoundedLayer):
 
         return bound(kernel, U, V, SQ), us[-1]
 
+    def advance(self, kernel, u, gradient="full"):
+        """`power_iterations` steps from the unit iterate u with the kernel K: (σ = ‖A uₙ‖, uₙ),
+        σ differentiable w.r.t. K through every step (`"full"`) or only the last (`"last"`).
+        A pure function of (K, u), so `layers.power_groups` can vectorize it over same-shaped
+        layers (`power_group_key`)."""
+        if gradient == "full" and self.has_kernel_vjp:
+            return self._full_gradient_bound(kernel, u)
+        loop_kernel = kernel if gradient == "full" else ops.stop_gradient(kernel)  # autodiff
+        restart = self._restart(u)
+        for _ in range(self.power_iterations):
+            u = self._step(u, loop_kernel, restart)
+        return safe_norm(self.apply_linear(u, kernel)), u
+
+    def power_group_key(self):
+        """Layers with equal keys compute `advance` with the same code on same-shaped tensors, so
+        their power iterations can run as one vectorized computation; None (the default) opts out.
+        Subclasses whose `apply_linear` depends only on the kernel's and iterate's shapes return
+        a hashable key of those (and `power_iterations`)."""
+        return None
+
     def power_estimate(self, training=False, gradient="full"):
         """Power-iteration estimate of ‖A‖₂ as a scalar tensor.
 
-        training=True runs `power_iterations` steps from the stored iterate, stores the
-        result, and lets gradients flow through all steps (`gradient="full"`) or only
+        training=True runs `power_iterations` steps from the stored iterate (`advance`), stores
+        the result, and lets gradients flow through all steps (`gradient="full"`) or only
         through the final `‖A u‖` (`gradient="last"`). training=False reuses the stored
         iterate without updating it.
         """
@@ -170,15 +190,9 @@ class LipschitzLayer(BoundedLayer):
         kernel = self.linear_kernel()
         u = l2_normalize(ops.convert_to_tensor(self.iterate))
         if training and self.power_iterations > 0:
-            if gradient == "full" and self.has_kernel_vjp:
-                sigma, u = self._full_gradient_bound(kernel, u)
-                self.iterate.assign(ops.stop_gradient(u))
-                return sigma
-            loop_kernel = kernel if gradient == "full" else ops.stop_gradient(kernel)  # autodiff
-            restart = self._restart(u)
-            for _ in range(self.power_iterations):
-                u = self._step(u, loop_kernel, restart)
+            sigma, u = self.advance(kernel, u, gradient)
             self.iterate.assign(ops.stop_gradient(u))
+            return sigma
         return safe_norm(self.apply_linear(u, kernel))
 
     def converge_iterate(self, max_iterations=500, tolerance=1e-6, check_every=25):

@@ -129,6 +129,10 @@ class LiResNetBlock(LipschitzLayer):
 
     has_kernel_vjp = True
 
+    def power_group_key(self):
+        return ("LiResNetBlock", self.kernel_size, tuple(self.iterate.shape), self.power_iterations,
+                self.residual_kernel.dtype)
+
     def kernel_vjp(self, x, g):
         k = self.kernel_size
         return conv_kernel_vjp(x, g, (k, k), (1, 1), (self.pads, self.pads))

@@ -2,6 +2,7 @@
 import contextlib
 import hashlib
 import threading
+import warnings
 
 import keras
 import numpy as np
@@ -10,6 +11,7 @@ from keras import ops
 from gloro_keras._compat import flatten_layers
 from gloro_keras import losses as gloro_losses
 from gloro_keras import metrics as gloro_metrics
+from gloro_keras.layers.power_groups import check_grouping, power_estimates
 from gloro_keras.models import rounding
 from gloro_keras.models.bounded_network import with_bounded_layers
 from gloro_keras.models.converge_bounds import ConvergeBounds
@@ -121,6 +123,10 @@ class GloroModel(keras.Model):
             computes in float32: certificates are about the float32 network. Default: inferred
             from the network's dtype policy ("bfloat16" if it was built under the
             `mixed_bfloat16` global policy).
+        group_power_iterations: run the training-time power iterations of same-shaped layers
+            (a LiResNet's blocks) as one vectorized computation, same values and gradients
+            (`layers.power_groups`): True (JAX only), False, or "auto" (on JAX with a GPU or
+            TPU, where the bound's many small kernels are launch-bound).
     """
 
     def __init__(
@@ -132,6 +138,7 @@ class GloroModel(keras.Model):
         outputs=None,
         bound_gradient="full",
         train_dtype=None,
+        group_power_iterations="auto",
         name=None,
         model=None,
         **kwargs,
@@ -174,6 +181,7 @@ class GloroModel(keras.Model):
         self._plan = analyze(network)
         self.num_classes = self._plan.num_classes
         self.bound_gradient = bound_gradient
+        self.group_power_iterations = check_grouping(group_power_iterations)
         self._epsilon = self._scalar("epsilon", epsilon)
         self._epsilon_train = self._scalar("epsilon_train", epsilon)
         self._bound_cache = self._scalar("bound_cache", 0.0)
@@ -270,8 +278,8 @@ class GloroModel(keras.Model):
         stored iterates' estimate.
         """
         k = ops.convert_to_tensor(self._plan.constant, dtype="float32")
-        for layer in self._plan.bounded:
-            k = k * ops.cast(layer.power_estimate(training=training, gradient=self.bound_gradient), "float32")
+        for sigma in power_estimates(self._plan.bounded, training, self.bound_gradient, self.group_power_iterations):
+            k = k * ops.cast(sigma, "float32")
         if training:
             self._bound_cache_valid.assign(0.0)
             return k
@@ -765,11 +773,16 @@ class GloroModel(keras.Model):
             "epsilon": self.epsilon,
             "bound_gradient": self.bound_gradient,
             "train_dtype": self.train_dtype,
+            "group_power_iterations": self.group_power_iterations,
         }
 
     @classmethod
     def from_config(cls, config, custom_objects=None):
         config = dict(config)
+        if config.get("group_power_iterations") is True and keras.backend.backend() != "jax":
+            warnings.warn("This model was saved with group_power_iterations=True, which needs the JAX "
+                          f"backend; loaded on {keras.backend.backend()!r} with 'auto' instead.", stacklevel=2)
+            config["group_power_iterations"] = "auto"
         network = keras.saving.deserialize_keras_object(config.pop("network"), custom_objects=custom_objects)
         return cls(network=network, **config)
 

@@ -104,6 +104,7 @@ def GloroLiResNet(
     train_dtype=None,
     relaxation=None,
     winograd=True,
+    group_power_iterations="auto",
 ):
     """A GloRo LiResNet (Hu et al., 2023): `L` linear residual blocks of width `W`.
 
@@ -115,11 +116,13 @@ def GloroLiResNet(
     (see `GloroModel`). `relaxation="topk:K"` or `"affinity:[..][..]"` gives a
     `RelaxedGloroModel` (relaxed top-K or affinity robustness). `winograd=False` trains the blocks'
     convolutions directly instead of by Winograd F(4×4, 3×3) (slower on a CPU, less memory).
+    `group_power_iterations` (see `GloroModel`): the blocks' power iterations as one vectorized
+    computation; "auto" does so on JAX with a GPU or TPU.
     """
     network = liresnet_network(L, W, num_classes, input_shape, block, dense_width, power_iterations,
                                winograd=winograd)
     kwargs = dict(epsilon=epsilon, bound_gradient=bound_gradient, train_dtype=train_dtype,
-                  name=name or f"gloro_{network.name}")
+                  group_power_iterations=group_power_iterations, name=name or f"gloro_{network.name}")
     if relaxation is not None:
         return RelaxedGloroModel(network, relaxation=relaxation, **kwargs)
     return GloroModel(network, **kwargs)
