@@ -7,7 +7,9 @@ For each config: `GloroModel(liresnet_network(L, W))` + EMMA on a batch of 256 C
 what `ConvergeBounds` runs before each validation (`converge()`: the float64 sound bound and the
 rounding terms, `update_bound_cache("sound")`) is timed after one more training step each time
 (`--bound-repeats`); the power-iteration convergence that used to run before it as well
-(`converge_bounds`, ≤ 500 iterations, tolerance 1e-6; now only at the end of training) is timed too.
+(`converge_bounds`, ≤ 500 iterations, tolerance 1e-6; now only at the end of training) is timed too,
+and so are the layers' sound bounds alone, one after another and in parallel threads
+(`bounds.sound_bounds`, what `converge()` runs since 2026-12-04).
 The epoch is `ceil(50000 / 256) = 196` training steps at the median step time measured in the same
 process (validation excluded, so the fraction is an upper bound). Writes
 bench/results/epoch_bound.{json,md} (`--name`, `--out`).
@@ -26,6 +28,7 @@ def add_args(ap):
 
 
 def measure(L, W, x, y, args, log):
+    from gloro_keras.bounds import sound_bounds
     from gloro_keras.train import ConvergeBounds
 
     model = U.build("gloro_full", L, W)
@@ -41,12 +44,21 @@ def measure(L, W, x, y, args, log):
         model.train_on_batch(x, y)  # as after an epoch: the weights moved, the cache is stale
         t_epoch, k_sound = U.timed(lambda: cb.converge())  # what runs before each validation
         t_power, k_power = U.timed(lambda: model.converge_bounds(cb.max_iterations, cb.tolerance))
-        rows.append(dict(total_s=t_epoch, power_s=t_power, k_power=float(k_power), k_sound=float(k_sound)))
+        # the layers' sound bounds alone: one after another, and in threads as `converge()` runs them
+        t_seq, seq = U.timed(lambda: [float(layer.sound_bound()) for layer in model.bounded_layers])
+        t_par, par = U.timed(lambda: sound_bounds(model.bounded_layers))
+        # the same up to the BLAS threads of the one large eigenproblem (the stem's): sound either way
+        worst = max(abs(p / q - 1.0) for p, q in zip(par, seq))
+        assert worst < 1e-9, f"parallel sound bounds differ from the sequential ones by {worst:.2e}"
+        rows.append(dict(total_s=t_epoch, power_s=t_power, k_power=float(k_power), k_sound=float(k_sound),
+                         sound_sequential_s=t_seq, sound_parallel_s=t_par))
         log(f"  L{L}W{W} bound {i + 1}: per-epoch (sound) {t_epoch:.2f} s; power convergence (not per epoch "
-            f"any more) {t_power:.2f} s; K {float(k_sound):.5g} / power {float(k_power):.5g}; step {step:.2f} s")
+            f"any more) {t_power:.2f} s; K {float(k_sound):.5g} / power {float(k_power):.5g}; step {step:.2f} s; "
+            f"sound bounds alone: sequential {t_seq:.2f} s, parallel {t_par:.2f} s (largest relative difference {worst:.1e})")
     total = U.med([r["total_s"] for r in rows])
     return dict(step_s=steps, step_median_s=step, epoch_s=epoch, bounds=rows, bound_median_s=total,
-                power_median_s=U.med([r["power_s"] for r in rows]), fraction_of_epoch=total / epoch)
+                power_median_s=U.med([r["power_s"] for r in rows]), fraction_of_epoch=total / epoch,
+                parallel_over_sequential=U.med([r["sound_parallel_s"] / r["sound_sequential_s"] for r in rows]))
 
 
 def main(argv=None):
@@ -66,9 +78,11 @@ def main(argv=None):
         rows.append(U.value_row(name, "CIFAR-10 epoch (196 steps, no validation), s", r["epoch_s"]))
         rows.append(U.value_row(name, "per-epoch bound ÷ epoch", r["fraction_of_epoch"], key="epoch_bound_fraction"))
     details = [["## Per-epoch bound", "", U.md_table(
-        ["config", "step s (median)", "epoch s", "per-epoch bound s", "fraction", "power convergence s (not run)"],
+        ["config", "step s (median)", "epoch s", "per-epoch bound s", "fraction", "power convergence s (not run)",
+         "sound bounds parallel ÷ sequential"],
         [[n, U.fmt(r["step_median_s"]), U.fmt(r["epoch_s"]), U.fmt(r["bound_median_s"]),
-          U.fmt(r["fraction_of_epoch"], 4), U.fmt(r["power_median_s"])] for n, r in results["configs"].items()])]]
+          U.fmt(r["fraction_of_epoch"], 4), U.fmt(r["power_median_s"]), U.fmt(r["parallel_over_sequential"], 3)]
+         for n, r in results["configs"].items()])]]
     return U.finish_section(s, results, rows, details, args, "epoch_bound", "Per-epoch bound cost")
 
 

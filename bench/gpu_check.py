@@ -11,7 +11,8 @@ dtype, the two are timed side by side in rounds of `--steps` steps whose order a
 two warm-up steps (on JAX, float32, also the GloRo step with the other `group_power_iterations`
 setting than "auto" picks there: grouped ÷ separate). Reported: img/s, GloRo ÷ plain (median of per-round ratios), the first step,
 peak device memory (the process's, all variants together), versions and float32 matmul precision
-(TF32 or not). On TensorFlow with several GPUs the float32 GloRo step also runs under
+(TF32 or not), and the per-epoch bound (`epoch_bound`: what `ConvergeBounds` computes on the host
+before each validation) as a fraction of a CIFAR-10 epoch at that GloRo step. On TensorFlow with several GPUs the float32 GloRo step also runs under
 `MirroredStrategy` (global batch 256 per GPU). Before them, the PyTorch reference
 (bench/torch_reference.py, same network) on the same device, float32 and bfloat16 autocast.
 Results are written after each stage, so a run cut short (`--timeout` per child) keeps what finished.
@@ -141,6 +142,8 @@ def child(backend, L, W, rounds, steps, dtypes=("float32", "bfloat16")):
         print(MARK + json.dumps(out), flush=True)
         if d == "float32":
             gloro_float32 = out["variants"]["gloro_float32"]["images_per_s"]
+            print(MARK + json.dumps({"epoch_bound": epoch_bound(models["gloro_float32"], x, y, med(times["gloro_float32"]))}),
+                  flush=True)
         del models
     out = {"backend": backend, "config": f"L{L}W{W}", "peak_memory_mb": _peak_mb(backend), "versions": _versions(backend)}
     if backend == "tensorflow":
@@ -169,6 +172,40 @@ def child(backend, L, W, rounds, steps, dtypes=("float32", "bfloat16")):
 
         out["devices"] = [str(d) for d in jax.devices()]
     print(MARK + json.dumps(out), flush=True)
+
+
+def epoch_bound(model, x, y, step_s, repeats=1):
+    """What `ConvergeBounds` makes a CIFAR-10 epoch (196 steps of `step_s`) wait for before each
+    validation (`converge()`: the float64 sound bounds on the host, the rounding terms), after a
+    training step each time; and the layers' sound bounds alone, one after another and in
+    parallel threads (`bounds.sound_bounds`), side by side."""
+    from gloro_keras.bounds import sound_bounds, usable_cpus
+    from gloro_keras.train import ConvergeBounds
+
+    cb = ConvergeBounds()
+    cb.set_model(model)
+    layers = model.bounded_layers
+    rows = []
+    for _ in range(repeats):
+        model.train_on_batch(x, y)  # as after an epoch: the weights moved
+        t = time.perf_counter()
+        cb.converge()
+        total = time.perf_counter() - t
+        t = time.perf_counter()
+        one = [float(layer.sound_bound()) for layer in layers]
+        sequential = time.perf_counter() - t
+        t = time.perf_counter()
+        many = sound_bounds(layers)
+        parallel = time.perf_counter() - t
+        rows.append({"converge_s": total, "sound_sequential_s": sequential, "sound_parallel_s": parallel,
+                     # ≈ 0: only a large eigenproblem's BLAS threads differ (both sound)
+                     "parallel_rel_diff": max(abs(p / q - 1.0) for p, q in zip(many, one))})
+    epoch = 196 * step_s
+    mid = lambda k: sorted(r[k] for r in rows)[len(rows) // 2]  # noqa: E731
+    return {"rows": rows, "cpus": usable_cpus(), "epoch_s": epoch, "converge_s": mid("converge_s"),
+            "fraction_of_epoch": mid("converge_s") / epoch,
+            "sequential_fraction_of_epoch": mid("sound_sequential_s") / epoch,
+            "parallel_over_sequential": mid("sound_parallel_s") / mid("sound_sequential_s")}
 
 
 # --------------------------------------------------------------------------------- parent
@@ -335,6 +372,13 @@ def report(results, config):
         lines.append(f"| PyTorch | — | {t.get('skipped') or 'error: ' + ' '.join(str(t.get('error')).split())[-200:]} | | | | | |")
     notes = [f"- {backend}: " + ", ".join(f"{k} {v}" for k, v in r["versions"].items())
              for backend, r in results["backends"].items() if r.get("versions")]
+    notes += [f"- {backend}: per-epoch bound (`ConvergeBounds` before each validation: float64 sound bounds on the "
+              f"host's {r['epoch_bound']['cpus']} CPUs, in parallel) {r['epoch_bound']['converge_s']:.2f} s = "
+              f"{100 * r['epoch_bound']['fraction_of_epoch']:.1f} % of a CIFAR-10 epoch at the float32 GloRo step "
+              f"({r['epoch_bound']['epoch_s']:.1f} s); the sound bounds one layer after another would be "
+              f"{100 * r['epoch_bound']['sequential_fraction_of_epoch']:.1f} % (parallel ÷ sequential "
+              f"{r['epoch_bound']['parallel_over_sequential']:.2f})"
+              for backend, r in results["backends"].items() if "epoch_bound" in r]
     notes += [f"- {backend}, float32: GloRo step with the blocks' power iterations grouped (one vectorized "
               f"computation) ÷ each block alone: {r['grouped_over_separate_float32']:.3f} (`group_power_iterations`"
               f" \"auto\" {'groups' if r['auto_groups'] else 'does not group'} here; the table's GloRo is \"auto\")"

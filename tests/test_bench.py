@@ -111,6 +111,9 @@ def test_gpu_check_runs_its_cpu_fallback_and_reports_every_backend(tmp_path):
         assert b["gloro_over_plain_float32"] > 0.5
         assert all(c > 0 for c in b["variants"]["gloro_float32"]["cpu_s"]), backend  # process CPU s per step
         assert b["versions"]["keras"] and b["devices"], backend
+        eb = b["epoch_bound"]  # what ConvergeBounds makes an epoch wait for, and its share of one
+        assert eb["converge_s"] > 0 and 0 < eb["fraction_of_epoch"] and eb["parallel_over_sequential"] > 0
+        assert eb["rows"][0]["parallel_rel_diff"] < 1e-9
         if backend == "jax":  # the A/B of grouped power iterations (on a CPU "auto" leaves them separate)
             assert b["auto_groups"] is False and b["grouped_over_separate_float32"] > 0.3
             assert b["variants"]["gloro-grouped_float32"]["images_per_s"] > 0

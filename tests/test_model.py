@@ -466,8 +466,14 @@ def test_grouped_power_iterations_train_the_same_model_and_round_trip(tmp_path):
         model.fit(x, y, epochs=2, batch_size=16, verbose=0, shuffle=False)
         models.append(model)
     for a, b in zip(models[0].weights, models[1].weights):
-        np.testing.assert_allclose(ops.convert_to_numpy(b), ops.convert_to_numpy(a), rtol=1e-4, atol=1e-6,
-                                   err_msg=a.path)
+        if not a.path.endswith("power_iterate"):
+            np.testing.assert_allclose(ops.convert_to_numpy(b), ops.convert_to_numpy(a), rtol=1e-4, atol=1e-6,
+                                       err_msg=a.path)
+    # the near-identity blocks' top singular values nearly coincide, so the iterates' direction
+    # amplifies summation-order rounding (measured: 1e-3 in one block, weights within 6e-8);
+    # what the iterates are for, the estimate ‖A u‖, agrees
+    for a, b in zip(models[0].bounded_layers, models[1].bounded_layers):
+        assert float(b.power_estimate()) == pytest.approx(float(a.power_estimate()), rel=1e-5), a.name
     path = tmp_path / "grouped.keras"
     models[1].save(path)
     assert keras.models.load_model(path).group_power_iterations == grouping[1]

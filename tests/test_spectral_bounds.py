@@ -445,3 +445,29 @@ def test_public_api_and_argument_forms():
         conv2d_spectral_bound(kernel[0], (6, 6))
     with pytest.raises(ValueError):
         dense_spectral_bound(kernel)
+
+
+def test_sound_bounds_in_parallel_threads_equal_the_sequential_ones():
+    """`bounds.sound_bounds` (what a GloroModel's sound bound and `ConvergeBounds` use) runs the
+    layers in threads: bit for bit the sequential values, whatever the number of workers (layers this
+    small run their LAPACK calls on one BLAS thread either way)."""
+    import keras
+
+    import gloro_keras as gk
+    from gloro_keras.bounds import sound_bounds
+
+    keras.utils.set_random_seed(5)
+    model = gk.GloroLiResNet(L=3, W=8, num_classes=4, input_shape=(8, 8, 3), epsilon=0.1, dense_width=16)
+    rng = np.random.default_rng(5)
+    for w in model.network.trainable_weights:  # away from the initial, near-identity blocks
+        w.assign(w.value + 0.05 * rng.standard_normal(w.shape).astype("float32"))
+    layers = model.bounded_layers
+    sequential = [float(layer.sound_bound()) for layer in layers]
+    assert len(set(sequential)) == len(layers)
+    for workers in (None, 2, 3, len(layers)):
+        assert sound_bounds(layers, workers=workers) == sequential
+    assert sound_bounds([], workers=4) == []
+    from gloro_keras.ops import FLOAT64_SAFETY
+
+    k, constant = model.lipschitz_bound("sound"), model._plan.constant  # the body's parameter-free layers
+    assert k == pytest.approx(constant * (1.0 + FLOAT64_SAFETY) * np.prod(sequential), rel=1e-14)

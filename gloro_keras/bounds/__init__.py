@@ -1,5 +1,6 @@
 """Provably sound spectral-norm upper bounds (pure numpy, float64)."""
 
+from gloro_keras.bounds.parallel import sound_bounds, usable_cpus
 from gloro_keras.bounds.spectral import (
     conv2d_operator_matrix,
     conv2d_spectral_bound,
@@ -10,4 +11,6 @@ __all__ = [
     "conv2d_spectral_bound",
     "dense_spectral_bound",
     "conv2d_operator_matrix",
+    "sound_bounds",
+    "usable_cpus",
 ]

@@ -11,6 +11,7 @@ from keras import ops
 from gloro_keras._compat import flatten_layers
 from gloro_keras import losses as gloro_losses
 from gloro_keras import metrics as gloro_metrics
+from gloro_keras.bounds import sound_bounds
 from gloro_keras.layers.power_groups import check_grouping, power_estimates
 from gloro_keras.models import rounding
 from gloro_keras.models.bounded_network import with_bounded_layers
@@ -617,6 +618,7 @@ class GloroModel(keras.Model):
             key = ("sound", self._fingerprint())
             for old in [k for k in self._value_cache if k != key]:  # entries of older weights
                 del self._value_cache[old]
+            _prefetch_sound_bounds(self._value_cache.setdefault(key, {}), self._plan.bounded)
 
             def value(layer):
                 cache = self._value_cache.setdefault(key, {})
@@ -671,6 +673,7 @@ class GloroModel(keras.Model):
             raise ValueError(f"arithmetic='float64' certifies with the sound bound only; got bound={bound!r}")
         self.float64_network()
         _, twin, plan, an, probe, cache = self._twin
+        _prefetch_sound_bounds(cache, plan.bounded)
 
         def value(layer):
             if id(layer) not in cache:
@@ -787,6 +790,13 @@ class GloroModel(keras.Model):
         return cls(network=network, **config)
 
 
+
+
+def _prefetch_sound_bounds(cache, layers):
+    """Fill `cache` (id(layer) → sound bound) for `layers`, those missing computed in parallel."""
+    missing = [layer for layer in layers if id(layer) not in cache]
+    for layer, value in zip(missing, sound_bounds(missing)):
+        cache[id(layer)] = value
 
 
 def _with_dtype(config, dtype):
