@@ -6,6 +6,7 @@ import math
 import os
 import subprocess
 import sys
+import warnings
 
 import keras
 import numpy as np
@@ -362,3 +363,22 @@ def test_callbacks_on_jax():
     assert out["eps"] == pytest.approx(0.5)
     for key in ("val_vra", "lipschitz_bound", "epsilon_train", "epsilon"):
         assert key in out["keys"]
+
+
+def test_converge_bounds_warns_once_when_the_bound_outlasts_its_share_of_the_epoch():
+    """A validation's sound bound longer than `warn_fraction` of the epoch's training (here 0: any)
+    is reported once per fit, naming the remedy; None never warns; bad values are refused."""
+    model = tiny_model()
+    x, y = tiny_data(32)
+    xt, yt = tiny_data(16, seed=1)
+    with pytest.warns(UserWarning, match=r"sound bound before this validation took .*validation_freq") as record:
+        model.fit(x, y, batch_size=8, epochs=3, validation_data=(xt, yt), verbose=0,
+                  callbacks=[ConvergeBounds(warn_fraction=0.0)])
+    assert sum("before this validation took" in str(w.message) for w in record) == 1
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        model.fit(x, y, batch_size=8, epochs=2, validation_data=(xt, yt), verbose=0,
+                  callbacks=[ConvergeBounds(warn_fraction=None)])
+    assert not any("before this validation took" in str(w.message) for w in record)
+    with pytest.raises(ValueError, match="Received: warn_fraction=-1"):
+        ConvergeBounds(warn_fraction=-1)
