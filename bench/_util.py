@@ -278,11 +278,22 @@ def onednn_state():
     return {"onednn": f"{state} ({src})", "onednn_evidence": how, "tf_enable_onednn_opts": env}
 
 
+def sound_bounds_side_by_side(layers):
+    """The layers' sound bounds one after another and in parallel threads (`bounds.sound_bounds`,
+    what `ConvergeBounds` runs): {"sound_sequential_s", "sound_parallel_s", "parallel_rel_diff"}
+    (≈ 0: only a large eigenproblem's BLAS threads differ; both sound)."""
+    from gloro_keras.bounds import sound_bounds
+
+    t_seq, one = timed(lambda: [float(layer.sound_bound()) for layer in layers])
+    t_par, many = timed(lambda: sound_bounds(layers))
+    return {"sound_sequential_s": t_seq, "sound_parallel_s": t_par,
+            "parallel_rel_diff": max((abs(p / q - 1.0) for p, q in zip(many, one)), default=0.0)}
+
+
 def environment(tf, keras):
-    try:
-        affinity = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover
-        affinity = None
+    from gloro_keras.bounds import usable_cpus
+
+    affinity = usable_cpus()
     return {
         "python": sys.version.split()[0],
         "platform": platform.platform(),

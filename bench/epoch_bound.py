@@ -28,7 +28,6 @@ def add_args(ap):
 
 
 def measure(L, W, x, y, args, log):
-    from gloro_keras.bounds import sound_bounds
     from gloro_keras.train import ConvergeBounds
 
     model = U.build("gloro_full", L, W)
@@ -45,13 +44,10 @@ def measure(L, W, x, y, args, log):
         t_epoch, k_sound = U.timed(lambda: cb.converge())  # what runs before each validation
         t_power, k_power = U.timed(lambda: model.converge_bounds(cb.max_iterations, cb.tolerance))
         # the layers' sound bounds alone: one after another, and in threads as `converge()` runs them
-        t_seq, seq = U.timed(lambda: [float(layer.sound_bound()) for layer in model.bounded_layers])
-        t_par, par = U.timed(lambda: sound_bounds(model.bounded_layers))
-        # the same up to the BLAS threads of the one large eigenproblem (the stem's): sound either way
-        worst = max(abs(p / q - 1.0) for p, q in zip(par, seq))
+        side = U.sound_bounds_side_by_side(model.bounded_layers)
+        t_seq, t_par, worst = side["sound_sequential_s"], side["sound_parallel_s"], side["parallel_rel_diff"]
         assert worst < 1e-9, f"parallel sound bounds differ from the sequential ones by {worst:.2e}"
-        rows.append(dict(total_s=t_epoch, power_s=t_power, k_power=float(k_power), k_sound=float(k_sound),
-                         sound_sequential_s=t_seq, sound_parallel_s=t_par))
+        rows.append(dict(total_s=t_epoch, power_s=t_power, k_power=float(k_power), k_sound=float(k_sound), **side))
         log(f"  L{L}W{W} bound {i + 1}: per-epoch (sound) {t_epoch:.2f} s; power convergence (not per epoch "
             f"any more) {t_power:.2f} s; K {float(k_sound):.5g} / power {float(k_power):.5g}; step {step:.2f} s; "
             f"sound bounds alone: sequential {t_seq:.2f} s, parallel {t_par:.2f} s (largest relative difference {worst:.1e})")

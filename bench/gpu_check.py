@@ -179,7 +179,7 @@ def epoch_bound(model, x, y, step_s, repeats=1):
     validation (`converge()`: the float64 sound bounds on the host, the rounding terms), after a
     training step each time; and the layers' sound bounds alone, one after another and in
     parallel threads (`bounds.sound_bounds`), side by side."""
-    from gloro_keras.bounds import sound_bounds, usable_cpus
+    from gloro_keras.bounds import usable_cpus
     from gloro_keras.train import ConvergeBounds
 
     cb = ConvergeBounds()
@@ -191,15 +191,7 @@ def epoch_bound(model, x, y, step_s, repeats=1):
         t = time.perf_counter()
         cb.converge()
         total = time.perf_counter() - t
-        t = time.perf_counter()
-        one = [float(layer.sound_bound()) for layer in layers]
-        sequential = time.perf_counter() - t
-        t = time.perf_counter()
-        many = sound_bounds(layers)
-        parallel = time.perf_counter() - t
-        rows.append({"converge_s": total, "sound_sequential_s": sequential, "sound_parallel_s": parallel,
-                     # ≈ 0: only a large eigenproblem's BLAS threads differ (both sound)
-                     "parallel_rel_diff": max(abs(p / q - 1.0) for p, q in zip(many, one))})
+        rows.append({"converge_s": total, **U.sound_bounds_side_by_side(layers)})
     epoch = 196 * step_s
     mid = lambda k: sorted(r[k] for r in rows)[len(rows) // 2]  # noqa: E731
     return {"rows": rows, "cpus": usable_cpus(), "epoch_s": epoch, "converge_s": mid("converge_s"),

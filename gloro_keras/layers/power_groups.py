@@ -10,7 +10,7 @@ ones were as fast.
 
 JAX only: `jax.vmap` differentiates the blocks' hand-written gradient (`ops.custom_gradient`)
 correctly; TensorFlow's `vectorized_map` returned wrong gradients for it (checked with
-TensorFlow 2.21; `tests/test_power_groups.py`), so there every layer runs its own iteration.
+TensorFlow 2.21: `bench/ab_power_groups.py --check-only`), so there every layer runs its own iteration.
 """
 import keras
 from keras import ops
