@@ -11,8 +11,8 @@ dtype, the two are timed side by side in rounds of `--steps` steps whose order a
 two warm-up steps (on JAX, float32, also the GloRo step with the other `group_power_iterations`
 setting than "auto" picks there: grouped ÷ separate). Reported: img/s, GloRo ÷ plain (median of per-round ratios), the first step,
 peak device memory (the process's, all variants together), versions and float32 matmul precision
-(TF32 or not), and the per-epoch bound (`epoch_bound`: what `ConvergeBounds` computes on the host
-before each validation) as a fraction of a CIFAR-10 epoch at that GloRo step. On TensorFlow with several GPUs the float32 GloRo step also runs under
+(TF32 or not), and the per-epoch bound (`epoch_bound`: what `ConvergeBounds` computes before each
+validation, with the layers' sound bounds on the host and on the device side by side) as a fraction of a CIFAR-10 epoch at that GloRo step. On TensorFlow with several GPUs the float32 GloRo step also runs under
 `MirroredStrategy` (global batch 256 per GPU). Before them, the PyTorch reference
 (bench/torch_reference.py, same network) on the same device, float32 and bfloat16 autocast.
 Results are written after each stage, so a run cut short (`--timeout` per child) keeps what finished.
@@ -142,7 +142,7 @@ def child(backend, L, W, rounds, steps, dtypes=("float32", "bfloat16")):
         print(MARK + json.dumps(out), flush=True)
         if d == "float32":
             gloro_float32 = out["variants"]["gloro_float32"]["images_per_s"]
-            print(MARK + json.dumps({"epoch_bound": epoch_bound(models["gloro_float32"], x, y, med(times["gloro_float32"]))}),
+            print(MARK + json.dumps({"epoch_bound": epoch_bound(models["gloro_float32"], x, y, med(times["gloro_float32"]), backend)}),
                   flush=True)
         del models
     out = {"backend": backend, "config": f"L{L}W{W}", "peak_memory_mb": _peak_mb(backend), "versions": _versions(backend)}
@@ -174,12 +174,15 @@ def child(backend, L, W, rounds, steps, dtypes=("float32", "bfloat16")):
     print(MARK + json.dumps(out), flush=True)
 
 
-def epoch_bound(model, x, y, step_s, repeats=1):
+def epoch_bound(model, x, y, step_s, backend, repeats=3):
     """What `ConvergeBounds` makes a CIFAR-10 epoch (196 steps of `step_s`) wait for before each
-    validation (`converge()`: the float64 sound bounds on the host, the rounding terms), after a
-    training step each time; and the layers' sound bounds alone, one after another and in
-    parallel threads (`bounds.sound_bounds`), side by side."""
-    from gloro_keras.bounds import usable_cpus
+    validation (`converge()`: the float64 sound bounds, on the device where `sound_bounds`' "auto"
+    puts them there, and the rounding terms), after a training step each time (the first
+    includes compiling the device programs); then, on the same weights, the layers' sound bounds
+    side by side: in the host's parallel threads and (JAX) on the device, with their values'
+    largest relative differences."""
+    from gloro_keras.bounds import sound_bounds, usable_cpus
+    from gloro_keras.bounds.device import jax_accelerator
     from gloro_keras.train import ConvergeBounds
 
     cb = ConvergeBounds()
@@ -190,14 +193,18 @@ def epoch_bound(model, x, y, step_s, repeats=1):
         model.train_on_batch(x, y)  # as after an epoch: the weights moved
         t = time.perf_counter()
         cb.converge()
-        total = time.perf_counter() - t
-        rows.append({"converge_s": total, **U.sound_bounds_side_by_side(layers)})
+        rows.append(time.perf_counter() - t)
     epoch = 196 * step_s
-    mid = lambda k: sorted(r[k] for r in rows)[len(rows) // 2]  # noqa: E731
-    return {"rows": rows, "cpus": usable_cpus(), "epoch_s": epoch, "converge_s": mid("converge_s"),
-            "fraction_of_epoch": mid("converge_s") / epoch,
-            "sequential_fraction_of_epoch": mid("sound_sequential_s") / epoch,
-            "parallel_over_sequential": mid("sound_parallel_s") / mid("sound_sequential_s")}
+    warm = sorted(rows[1:] or rows)[len(rows[1:] or rows) // 2]
+    out = {"rows": rows, "cpus": usable_cpus(), "epoch_s": epoch, "converge_first_s": rows[0], "converge_s": warm,
+           "fraction_of_epoch": warm / epoch, "on_device": jax_accelerator()}
+    t_host, host = U.timed(lambda: sound_bounds(layers, on_device=False))
+    out.update(host_parallel_s=t_host, host_fraction_of_epoch=t_host / epoch)
+    if backend == "jax":
+        t_dev, dev = U.timed(lambda: sound_bounds(layers, on_device=True))
+        rel = [d / h - 1.0 for d, h in zip(dev, host)]
+        out.update(device_s=t_dev, device_over_host=t_dev / t_host, device_rel_diff=[min(rel), max(rel)])
+    return out
 
 
 # --------------------------------------------------------------------------------- parent
@@ -238,7 +245,7 @@ def run_torch(config, args, device):
     return json.loads(p.stdout)
 
 
-SOUNDNESS_TESTS = ("tests/test_rounding.py", "tests/test_attacks.py")
+SOUNDNESS_TESTS = ("tests/test_rounding.py", "tests/test_attacks.py", "tests/test_device_bounds.py")
 
 
 def run_soundness(backend, args, out):
@@ -270,6 +277,7 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=3, help="steps per variant per round")
     ap.add_argument("--backends", default="tensorflow,jax")
     ap.add_argument("--torch-python", default=None, help="interpreter with torch (default: this one)")
+    ap.add_argument("--no-torch", action="store_true", help="skip the PyTorch reference")
     ap.add_argument("--timeout", type=int, default=1200, help="seconds per child process")
     ap.add_argument("--out", default=str(HERE / "results"))
     ap.add_argument("--dtypes", default="float32,bfloat16")
@@ -297,7 +305,7 @@ def main(argv=None):
         return table
 
     t = time.time()  # the reference first: it is the quickest, and every ratio needs it
-    results["torch"] = run_torch(config, args, "cuda" if gpus else "cpu")
+    results["torch"] = {"skipped": "--no-torch"} if args.no_torch else run_torch(config, args, "cuda" if gpus else "cpu")
     print(f"  torch: {'error' if 'error' in results['torch'] else 'done'} in {time.time() - t:.0f} s", flush=True)
     save()
     for backend in args.backends.split(","):
@@ -326,6 +334,20 @@ def main(argv=None):
     failed = [b for b, r in results["backends"].items() if "error" in r]
     failed += [b for b, r in results.get("soundness", {}).items() if not r["passed"]]
     return 1 if failed else 0
+
+
+def _epoch_bound_note(backend, e):
+    where = "on the device (`bounds.device`)" if e.get("on_device") else f"on the host's {e['cpus']} CPUs, in parallel"
+    line = (f"- {backend}: per-epoch bound (`ConvergeBounds` before each validation: float64 sound bounds {where}, "
+            f"rounding terms) {e['converge_s']:.2f} s = {100 * e['fraction_of_epoch']:.1f} % of a CIFAR-10 epoch at "
+            f"the float32 GloRo step ({e['epoch_s']:.1f} s); first {e['converge_first_s']:.2f} s (compiling). "
+            f"Sound bounds alone on the host's {e['cpus']} CPUs: {e['host_parallel_s']:.2f} s "
+            f"({100 * e['host_fraction_of_epoch']:.1f} %)")
+    if "device_s" in e:
+        lo, hi = e["device_rel_diff"]
+        line += (f"; on the device {e['device_s']:.2f} s (device ÷ host {e['device_over_host']:.3f}; values "
+                 f"÷ host's − 1 in [{lo:.1e}, {hi:.1e}])")
+    return line
 
 
 def report(results, config):
@@ -364,13 +386,8 @@ def report(results, config):
         lines.append(f"| PyTorch | — | {t.get('skipped') or 'error: ' + ' '.join(str(t.get('error')).split())[-200:]} | | | | | |")
     notes = [f"- {backend}: " + ", ".join(f"{k} {v}" for k, v in r["versions"].items())
              for backend, r in results["backends"].items() if r.get("versions")]
-    notes += [f"- {backend}: per-epoch bound (`ConvergeBounds` before each validation: float64 sound bounds on the "
-              f"host's {r['epoch_bound']['cpus']} CPUs, in parallel) {r['epoch_bound']['converge_s']:.2f} s = "
-              f"{100 * r['epoch_bound']['fraction_of_epoch']:.1f} % of a CIFAR-10 epoch at the float32 GloRo step "
-              f"({r['epoch_bound']['epoch_s']:.1f} s); the sound bounds one layer after another would be "
-              f"{100 * r['epoch_bound']['sequential_fraction_of_epoch']:.1f} % (parallel ÷ sequential "
-              f"{r['epoch_bound']['parallel_over_sequential']:.2f})"
-              for backend, r in results["backends"].items() if "epoch_bound" in r]
+    notes += [_epoch_bound_note(backend, r["epoch_bound"]) for backend, r in results["backends"].items()
+              if "epoch_bound" in r]
     notes += [f"- {backend}, float32: GloRo step with the blocks' power iterations grouped (one vectorized "
               f"computation) ÷ each block alone: {r['grouped_over_separate_float32']:.3f} (`group_power_iterations`"
               f" \"auto\" {'groups' if r['auto_groups'] else 'does not group'} here; the table's GloRo is \"auto\")"

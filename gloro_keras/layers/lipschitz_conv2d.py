@@ -157,12 +157,12 @@ class LipschitzConv2D(LipschitzLayer):
             self.filters,
         )
 
-    def sound_bound(self):
+    def sound_bound(self, on_device=False):
         from gloro_keras.bounds import conv2d_spectral_bound
 
         return conv2d_spectral_bound(
             ops.convert_to_numpy(self.linear_kernel()).astype("float64"),
-            self.input_hw, strides=self.strides, padding=self.pads,
+            self.input_hw, strides=self.strides, padding=self.pads, on_device=on_device,
         )
 
     def get_config(self):

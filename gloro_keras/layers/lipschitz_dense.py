@@ -92,7 +92,7 @@ class LipschitzDense(LipschitzLayer):
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[:-1]) + (self.units,)
 
-    def sound_bound(self):
+    def sound_bound(self, on_device=False):
         from gloro_keras.bounds import dense_spectral_bound
 
         return dense_spectral_bound(ops.convert_to_numpy(self.kernel).astype("float64"))

@@ -160,7 +160,7 @@ class LiResNetBlock(LipschitzLayer):
     def compute_output_shape(self, input_shape):
         return input_shape
 
-    def sound_bound(self):
+    def sound_bound(self, on_device=False):
         from gloro_keras.bounds import conv2d_spectral_bound
 
         p, c = self.pads[0], self.width
@@ -169,6 +169,7 @@ class LiResNetBlock(LipschitzLayer):
         return conv2d_spectral_bound(
             kernel,
             tuple(self.iterate.shape[1:3]), strides=(1, 1), padding=(self.pads, self.pads),
+            on_device=on_device,
         )
 
     def get_config(self):

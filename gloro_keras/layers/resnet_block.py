@@ -64,9 +64,9 @@ class ResNetBlock(BoundedLayer):
         k2 = self.conv2.converge_iterate(max_iterations=max_iterations, tolerance=tolerance)
         return float(ops.convert_to_numpy(self._combine(k1, k2)))
 
-    def sound_bound(self):
+    def sound_bound(self, on_device=False):
         beta = float(np.max(np.abs(ops.convert_to_numpy(self.beta)).astype("float64")))
-        return 1.0 + beta * self.conv1.sound_bound() * self.conv2.sound_bound()
+        return 1.0 + beta * self.conv1.sound_bound(on_device) * self.conv2.sound_bound(on_device)
 
     def get_config(self):
         config = super().get_config()

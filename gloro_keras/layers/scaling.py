@@ -41,7 +41,7 @@ class Scaling(BoundedLayer):
     def converge_iterate(self, max_iterations=500, tolerance=1e-6):
         return float(abs(ops.convert_to_numpy(self.alpha)))
 
-    def sound_bound(self):
+    def sound_bound(self, on_device=False):
         return float(abs(np.float64(ops.convert_to_numpy(self.alpha))))
 
     def get_config(self):

@@ -1,0 +1,147 @@
+"""Sound bounds computed on JAX's device (gloro_keras.bounds.device): the Cholesky certificate at
+its boundary, agreement with the host bounds and exact norms, the host fallback, the models' use.
+On a CPU JAX's default device is the CPU: the same programs as on a GPU."""
+import numpy as np
+import pytest
+
+pytest.importorskip("jax")
+
+from gloro_keras.bounds import conv2d_spectral_bound, device, sound_bounds  # noqa: E402
+from gloro_keras.bounds import spectral as S  # noqa: E402
+from tests.test_spectral_bounds import check_sound, exact_norm, pad2  # noqa: E402
+
+
+def hadamard(n):
+    h = np.ones((1, 1))
+    while h.shape[0] < n:
+        h = np.block([[h, h], [h, -h]])
+    return h
+
+
+def exact_spectrum_gram(n, eigenvalues, complex_):
+    """A Hermitian matrix whose float64 entries are exact and whose eigenvalues are exactly
+    `eigenvalues` (small integers): H diag(λ) Hᵀ / n for a Hadamard H (n a power of two), then
+    conjugated by a diagonal of powers of i when complex."""
+    h = hadamard(n)
+    g = (h * np.asarray(eigenvalues, dtype=np.float64)) @ h.T / n
+    if complex_:
+        p = 1j ** np.arange(n)
+        g = (p[:, None] * g) * np.conj(p)[None, :]
+    return g
+
+
+@pytest.mark.parametrize("complex_", [False, True])
+def test_cholesky_certificate_holds_at_the_boundary(complex_):
+    """λ_max(G) ≤ t + ε wherever ε is finite, for t from 1e-3 below λ_max to above it, at a
+    matrix whose eigenvalues are known exactly; and with *any* factor R (here one of t I - G + c I,
+    as a wrong or inaccurate Cholesky routine might return) the residual term covers the gap."""
+    import jax
+    import jax.numpy as jnp
+
+    n, lam_max = 32, 7.0
+    eig = np.concatenate([[lam_max, lam_max], np.arange(1, n - 1) % 6 + 1.0])
+    g = exact_spectrum_gram(n, eig, complex_)
+    assert np.abs(g - np.conj(g.T)).max() == 0.0
+    with jax.enable_x64(True):
+        prog = device._programs()
+        ts = lam_max * (1.0 - 2.0 ** -np.arange(10, 60, 2, dtype=np.float64))
+        ts = np.concatenate([ts, [lam_max, lam_max * (1 + 1e-12), lam_max * 1.01]])
+        batch = jnp.asarray(np.broadcast_to(g, (len(ts), n, n)))
+        eps = np.asarray(prog.certify(batch, jnp.asarray(ts)), np.float64)
+        ok = np.asarray(prog.chol_ok(batch, jnp.asarray(ts)))
+        # factors of t I - G + c I: R Rᴴ ⪰ 0 but ≠ t I - G; t below λ_max by up to c
+        cs = np.array([1e-12, 1e-6, 1e-3, 0.5, 3.0])
+        t_wrong = lam_max - cs / 2
+        b = t_wrong[:, None, None] * np.eye(n) - g + cs[:, None, None] * np.eye(n)
+        r = np.linalg.cholesky(b)
+        eps_wrong = np.asarray(prog.with_factor(jnp.asarray(np.broadcast_to(g, (len(cs), n, n))),
+                                                jnp.asarray(t_wrong), jnp.asarray(r)), np.float64)
+    finite = np.isfinite(eps)
+    assert np.all(ts[finite] + eps[finite] >= lam_max), (ts[finite] - lam_max, eps[finite])
+    assert finite[-1] and eps[-1] < 1e-10 * lam_max and ok[-1]
+    assert not ok[0] and not finite[0]  # 1e-3 below: no Cholesky factor
+    assert np.all(np.isfinite(eps_wrong))
+    assert np.all(t_wrong + eps_wrong >= lam_max), (t_wrong - lam_max, eps_wrong)
+    assert np.all(eps_wrong < cs * np.sqrt(n) * 1.01 + 1e-10)  # ‖c I‖_F: not much more than that
+
+
+GEOMETRIES = [  # kernel shape, input size, strides, padding, method
+    ((3, 3, 4, 6), (8, 8), (1, 1), pad2(1), "torus"),
+    ((3, 3, 6, 4), (9, 7), (1, 1), pad2(1), "torus"),
+    ((3, 3, 5, 3), (7, 7), (2, 2), pad2(1), "torus"),
+    ((4, 2, 3, 5), (6, 8), (2, 1), ((1, 2), (0, 1)), "torus"),
+    ((3, 3, 4, 6), (8, 8), (1, 1), pad2(1), "explicit"),
+    ((3, 3, 3, 8), (8, 8), (2, 2), pad2(1), "auto"),
+]
+
+
+@pytest.mark.parametrize("kshape,size,strides,padding,method", GEOMETRIES)
+def test_device_bound_is_sound_and_as_tight_as_the_hosts(kshape, size, strides, padding, method):
+    rng = np.random.default_rng(sum(kshape) + size[0])
+    kernel = rng.standard_normal(kshape) * 0.3
+    exact = exact_norm(kernel, size, strides, padding)
+    for effort in ("low", "medium"):
+        host = conv2d_spectral_bound(kernel, size, strides, padding, method=method, effort=effort)
+        dev = conv2d_spectral_bound(kernel, size, strides, padding, method=method, effort=effort, on_device=True)
+        check_sound(dev, exact)
+        # the device's "medium" tries all four {0, π}-twisted tori (the host two): never looser
+        # than the host's by more than the bisection's tolerance, often tighter
+        assert dev <= host * (1 + 2e-6), (dev, host)
+        if effort == "low" or method == "explicit":
+            assert dev >= host * (1 - 1e-9), (dev, host)
+
+
+def test_device_bound_falls_back_to_the_host_where_nothing_is_certified(monkeypatch):
+    """A device whose certificates all fail (ε = inf) still yields a sound bound: the host's
+    eigenvalue bound for every frequency and for the explicit Gram matrix."""
+    import jax
+
+    kernel = np.random.default_rng(3).standard_normal((3, 3, 4, 5))
+    size, padding = (8, 8), pad2(1)
+    with jax.enable_x64(True):
+        prog = device._programs()
+    monkeypatch.setattr(device, "_programs", lambda: prog._replace(certify=lambda g, t: prog.certify(g, t) * np.inf))
+    for method in ("torus", "explicit"):
+        host = conv2d_spectral_bound(kernel, size, (1, 1), padding, method=method, effort="low")
+        dev = conv2d_spectral_bound(kernel, size, (1, 1), padding, method=method, effort="low", on_device=True)
+        check_sound(dev, exact_norm(kernel, size, (1, 1), padding))
+        assert dev == pytest.approx(host, rel=2e-8)  # the host rounds its final sqrt up by 1e-8
+
+
+def test_models_sound_bounds_on_device_match_the_hosts():
+    """`sound_bounds(on_device=True)`: the convolutions on the device, the rest on the host, within
+    the bisection's tolerance of the host values; "auto" stays on the host without an accelerator;
+    a layer whose `sound_bound` takes no `on_device` is asked the old way."""
+    import keras
+
+    import gloro_keras as gk
+
+    keras.utils.set_random_seed(7)
+    model = gk.GloroLiResNet(L=2, W=8, num_classes=4, input_shape=(8, 8, 3), epsilon=0.1, dense_width=16)
+    rng = np.random.default_rng(7)
+    for w in model.network.trainable_weights:
+        w.assign(w.value + 0.05 * rng.standard_normal(w.shape).astype("float32"))
+    layers = model.bounded_layers
+
+    class OldStyle:
+        def sound_bound(self):
+            return 2.5
+
+    host = sound_bounds(layers, on_device=False)
+    dev = sound_bounds(layers + [OldStyle()], on_device=True)
+    assert dev[-1] == 2.5
+    for d, h in zip(dev, host):
+        assert d == pytest.approx(h, rel=2e-6)
+    assert any(d != h for d, h in zip(dev, host))  # the convolutions did run on the device path
+    assert sound_bounds(layers) == (dev[:-1] if device.jax_accelerator() else host)  # "auto"
+
+
+def test_device_bound_refuses_what_the_host_refuses():
+    kernel = np.ones((3, 3, 2, 2))
+    with pytest.raises(ValueError):
+        conv2d_spectral_bound(kernel, (6, 6), effort="max", on_device=True)
+    assert conv2d_spectral_bound(kernel * 0, (6, 6), on_device=True) == 0.0
+    assert conv2d_spectral_bound(kernel * np.inf, (6, 6), on_device=True) == float("inf")
+    # a single polyphase tap is a small dense bound, computed on the host either way
+    assert conv2d_spectral_bound(kernel, (6, 6), (3, 3), on_device=True) == conv2d_spectral_bound(kernel, (6, 6), (3, 3))
+    assert S._EXPLICIT_MAX_DIM >= 3072
