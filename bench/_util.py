@@ -281,7 +281,8 @@ def onednn_state():
 def sound_bounds_side_by_side(layers):
     """The layers' sound bounds one after another and in parallel threads (`bounds.sound_bounds`,
     what `ConvergeBounds` runs): {"sound_sequential_s", "sound_parallel_s", "parallel_rel_diff"}
-    (≈ 0: only a large eigenproblem's BLAS threads differ; both sound)."""
+    (≈ 0: the rounding of the Gram products, and of a large eigenproblem on more BLAS threads;
+    all sound)."""
     from gloro_keras.bounds import sound_bounds
 
     t_seq, one = timed(lambda: [float(layer.sound_bound()) for layer in layers])

@@ -449,8 +449,8 @@ def test_public_api_and_argument_forms():
 
 def test_sound_bounds_in_parallel_threads_equal_the_sequential_ones():
     """`bounds.sound_bounds` (what a GloroModel's sound bound and `ConvergeBounds` use) runs the
-    layers in threads: bit for bit the sequential values, whatever the number of workers (layers this
-    small run their LAPACK calls on one BLAS thread either way)."""
+    layers in threads: the sequential values up to the rounding of the Gram products (matmul in
+    threads, zherk alone), whatever the number of workers."""
     import keras
 
     import gloro_keras as gk
@@ -464,10 +464,35 @@ def test_sound_bounds_in_parallel_threads_equal_the_sequential_ones():
     layers = model.bounded_layers
     sequential = [float(layer.sound_bound()) for layer in layers]
     assert len(set(sequential)) == len(layers)
-    for workers in (None, 2, 3, len(layers)):
-        assert sound_bounds(layers, workers=workers) == sequential
+    for workers in (None, 2, 3, len(layers)):  # threads form the Gram matrices by matmul, not zherk
+        assert sound_bounds(layers, workers=workers) == pytest.approx(sequential, rel=1e-14)
     assert sound_bounds([], workers=4) == []
     from gloro_keras.ops import FLOAT64_SAFETY
 
     k, constant = model.lipschitz_bound("sound"), model._plan.constant  # the body's parameter-free layers
     assert k == pytest.approx(constant * (1.0 + FLOAT64_SAFETY) * np.prod(sequential), rel=1e-14)
+
+
+def test_threads_form_gram_matrices_without_holding_the_gil(monkeypatch):
+    """Inside `gil_free_grams` (each `sound_bounds` worker thread) the Gram matrices come from
+    numpy's matmul, not scipy's zherk (which holds the GIL and serializes the threads); the
+    bound is the same up to the products' rounding."""
+    from gloro_keras.bounds import sound_bounds
+
+    kernel = np.random.default_rng(2).standard_normal((3, 3, 6, 6))
+    alone = conv2d_spectral_bound(kernel, (8, 8), padding=pad2(1), method="torus")
+
+    def held(*args, **kwargs):
+        raise AssertionError("zherk called inside gil_free_grams")
+
+    monkeypatch.setattr(S, "_zherk", held)
+    with S.gil_free_grams():
+        assert conv2d_spectral_bound(kernel, (8, 8), padding=pad2(1), method="torus") == pytest.approx(alone, rel=1e-14)
+    with pytest.raises(AssertionError, match="zherk"):
+        conv2d_spectral_bound(kernel, (8, 8), padding=pad2(1), method="torus")
+
+    class Layer:
+        def sound_bound(self):
+            return conv2d_spectral_bound(kernel, (8, 8), padding=pad2(1), method="torus")
+
+    assert sound_bounds([Layer(), Layer()], workers=2, on_device=False) == pytest.approx([alone] * 2, rel=1e-14)

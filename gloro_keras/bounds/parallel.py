@@ -5,6 +5,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 from threadpoolctl import threadpool_limits
 
+from gloro_keras.bounds.spectral import gil_free_grams
+
 
 def usable_cpus():
     """CPUs this process may run on (its affinity mask where the OS has one)."""
@@ -24,14 +26,15 @@ def sound_bounds(layers, workers=None, on_device="auto"):
     training epoch; False never.
 
     Otherwise each bound is a float64 numpy/LAPACK computation (`conv2d_spectral_bound`,
-    `dense_spectral_bound`) that releases the GIL in its LAPACK calls and already runs them with
-    one BLAS thread, so `workers` threads (default: the usable CPUs, at most one per layer) run
-    that many layers at a time; BLAS is held to one thread per call meanwhile, so they do not
-    oversubscribe the cores. The values are the sequential ones with one BLAS thread, bit for bit
-    (each layer's arithmetic does not depend on the others); a sequential run with more BLAS threads
-    may round the one large eigenproblem of the explicit method (a stem) differently, within its
-    error bound (1e-15 relative at L6W128): both are sound. Used before every validation inside
-    `fit` (`ConvergeBounds`), which waits for it.
+    `dense_spectral_bound`) whose LAPACK calls release the GIL and already run on one BLAS
+    thread, so `workers` threads (default: the usable CPUs, at most one per layer) run that many
+    layers at a time, with BLAS held to one thread per call so they do not oversubscribe the
+    cores, and the Gram matrices formed by GIL-free `matmul` (`spectral.gil_free_grams`; scipy's
+    zherk would serialize the threads: on 16 host threads the layers took 0.26 of their sequential
+    time at L18W256, about what zherk's share of the work allows). The values are the sequential
+    ones up to the rounding of those products and, with more BLAS threads, of the stem's one large
+    eigenproblem (equal at L6W128 here; 1e-15 relative at most seen): all sound. Used before every
+    validation inside `fit` (`ConvergeBounds`), which waits for it.
     """
     layers = list(layers)
     if on_device == "auto":
@@ -45,7 +48,12 @@ def sound_bounds(layers, workers=None, on_device="auto"):
     if workers <= 1:
         return [float(layer.sound_bound()) for layer in layers]
     with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(workers, "sound-bound") as pool:
-        return list(pool.map(lambda layer: float(layer.sound_bound()), layers))
+        return list(pool.map(_bound_gil_free, layers))
+
+
+def _bound_gil_free(layer):
+    with gil_free_grams():
+        return float(layer.sound_bound())
 
 
 def _takes_on_device(layer):
