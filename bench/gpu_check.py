@@ -182,7 +182,7 @@ def epoch_bound(model, x, y, step_s, backend, repeats=3):
     side by side: in the host's parallel threads and (JAX) on the device, with their values'
     largest relative differences."""
     from gloro_keras.bounds import sound_bounds, usable_cpus
-    from gloro_keras.bounds.device import jax_accelerator
+    from gloro_keras.bounds.device import jax_gpu
     from gloro_keras.train import ConvergeBounds
 
     cb = ConvergeBounds()
@@ -197,7 +197,7 @@ def epoch_bound(model, x, y, step_s, backend, repeats=3):
     epoch = 196 * step_s
     warm = sorted(rows[1:] or rows)[len(rows[1:] or rows) // 2]
     out = {"rows": rows, "cpus": usable_cpus(), "epoch_s": epoch, "converge_first_s": rows[0], "converge_s": warm,
-           "fraction_of_epoch": warm / epoch, "on_device": jax_accelerator()}
+           "fraction_of_epoch": warm / epoch, "on_device": jax_gpu()}
     t_host, host = U.timed(lambda: sound_bounds(layers, on_device=False))
     out.update(host_parallel_s=t_host, host_fraction_of_epoch=t_host / epoch)
     if backend == "jax":
@@ -306,7 +306,8 @@ def main(argv=None):
 
     t = time.time()  # the reference first: it is the quickest, and every ratio needs it
     results["torch"] = {"skipped": "--no-torch"} if args.no_torch else run_torch(config, args, "cuda" if gpus else "cpu")
-    print(f"  torch: {'error' if 'error' in results['torch'] else 'done'} in {time.time() - t:.0f} s", flush=True)
+    state = "error" if "error" in results["torch"] else ("skipped" if "skipped" in results["torch"] else "done")
+    print(f"  torch: {state} in {time.time() - t:.0f} s", flush=True)
     save()
     for backend in args.backends.split(","):
         if importlib.util.find_spec(backend) is None:

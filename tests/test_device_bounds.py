@@ -133,7 +133,32 @@ def test_models_sound_bounds_on_device_match_the_hosts():
     for d, h in zip(dev, host):
         assert d == pytest.approx(h, rel=2e-6)
     assert any(d != h for d, h in zip(dev, host))  # the convolutions did run on the device path
-    assert sound_bounds(layers) == (dev[:-1] if device.jax_accelerator() else host)  # "auto"
+    assert sound_bounds(layers) == (dev[:-1] if device.jax_gpu() else host)  # "auto"
+    with pytest.raises(ValueError, match="on_device"):
+        sound_bounds(layers, on_device="yes")
+
+
+def test_auto_falls_back_to_the_host_when_the_device_fails(monkeypatch):
+    """On a GPU "auto" must never cost a validation: a device failure (e.g. out of memory) warns
+    and the host computes the bounds; on_device=True raises it."""
+    from gloro_keras.bounds import spectral
+
+    kernel = np.random.default_rng(4).standard_normal((3, 3, 4, 4))
+
+    class Layer:
+        def sound_bound(self, on_device=False):
+            return conv2d_spectral_bound(kernel, (8, 8), padding=pad2(1), on_device=on_device)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("RESOURCE_EXHAUSTED: out of memory")
+
+    monkeypatch.setattr(device, "jax_gpu", lambda: True)
+    monkeypatch.setattr(device, "conv2d_spectral_bound_device", broken)
+    with pytest.warns(RuntimeWarning, match="out of memory"):
+        values = sound_bounds([Layer(), Layer()], workers=1)
+    assert values == [spectral.conv2d_spectral_bound(kernel, (8, 8), padding=pad2(1))] * 2
+    with pytest.raises(RuntimeError, match="out of memory"):
+        sound_bounds([Layer()], on_device=True)
 
 
 def test_device_bound_refuses_what_the_host_refuses():

@@ -1,5 +1,5 @@
 """Provably sound spectral-norm upper bounds, in float64: numpy/LAPACK on the host
-(`spectral`), or JAX on an accelerator (`device`)."""
+(`spectral`), or JAX on a GPU (`device`)."""
 
 from gloro_keras.bounds.parallel import sound_bounds, usable_cpus
 from gloro_keras.bounds.spectral import (

@@ -1,9 +1,9 @@
-"""Sound convolution bounds on a JAX accelerator: Gram matrices certified by Cholesky factors.
+"""Sound convolution bounds on a JAX GPU: Gram matrices certified by Cholesky factors.
 
 The host bounds (`spectral`) take one LAPACK ``eigvalsh`` per torus frequency; on a GPU machine
-that host work outlasted a training epoch (216 % of one at L18W256 on an H200), and GPU
-eigensolvers are slow for many small matrices. Here every step is a batched product or Cholesky
-factorization in float64 / complex128 on JAX's default device, and no eigensolver is trusted.
+that host work outlasted a training epoch (216 % of one at L18W256 on an H200). Here every step
+is a batched product or Cholesky factorization in float64 / complex128 on JAX's default device,
+and no eigensolver is needed or trusted.
 
 Certificate. For a Hermitian ``G`` (a computed Gram matrix, n×n) and a float ``t``, let
 ``B = fl(t I - G)`` (only the diagonal rounds), ``R`` *any* matrix the device's Cholesky returns
@@ -19,8 +19,8 @@ non-finite residual, and that matrix is then bounded on the host (`spectral`). `
 by a batch of matrices (a torus's frequencies): bisected, to relative `TOLERANCE`, between the
 largest Rayleigh quotient after `POWER_STEPS` power iterations and an upper bracket, the test
 being whether the Cholesky factors of ``t I - G`` are finite for the few matrices with the
-largest quotients. The bound is then within about
-5e-7 relative of the one with exact eigenvalues, plus the rounding terms.
+largest quotients. The bound is then within about 5e-7 relative of the one with exact
+eigenvalues, plus the rounding terms.
 
 The rest is the host analysis (`spectral`): the Gram matrix's rounding
 (``8 (c + 4) u ‖S‖_F²`` here, generous for any GPU product), the symbol's (twice
@@ -43,18 +43,19 @@ _U = 2.0 ** -53
 TOLERANCE = 1e-6  # relative width to which t is bisected
 POWER_STEPS = 32  # power iterations for the lower end of t's bracket
 BISECT_ON = 8  # matrices of a batch (largest Rayleigh quotients) whose factors decide the bisection
-_CHUNK_BYTES = 2 ** 28  # per array of the batch (~6 such arrays live at once)
+_CHUNK_BYTES = 2 ** 27  # per array of the batch (~6 such arrays live at once)
 
 
-def jax_accelerator():
-    """Whether Keras runs on JAX with an accelerator (GPU or TPU) as JAX's default device."""
+def jax_gpu():
+    """Whether Keras runs on JAX with a GPU as JAX's default device (GPUs have float64
+    arithmetic; TPUs do not, so they keep the host bounds)."""
     import keras
 
     if keras.backend.backend() != "jax":
         return False
     import jax
 
-    return jax.default_backend() != "cpu"
+    return jax.default_backend() == "gpu"
 
 
 Programs = collections.namedtuple("Programs", "symbol_grams gram_rayleigh chol_ok certify with_factor")
@@ -155,7 +156,7 @@ def _certified_lambda(g, lam, programs):
 
     chol_ok, certify = programs.chol_ok, programs.certify
 
-    top = g[np.argsort(lam)[::-1][:BISECT_ON]]  # the bracket is decided by the largest few
+    top = g[np.argsort(np.nan_to_num(lam, nan=-np.inf))[::-1][:BISECT_ON]]  # the largest few decide
 
     def all_ok(t):
         return np.asarray(chol_ok(top, jnp.full((top.shape[0],), t)))
@@ -240,9 +241,8 @@ def conv2d_spectral_bound_device(kernel, input_size, strides=(1, 1), padding=((0
     sh, sw = strides
     (pt, pb), (pl, pr) = padding
     kh, kw, cin, cout = kernel.shape
-    _, a1, n1 = sp.axis_geometry(H, kh, sh, pt, pb)
-    _, a2, n2 = sp.axis_geometry(W, kw, sw, pl, pr)
-    ho, wo = sp._out_len(H, kh, sh, pt, pb), sp._out_len(W, kw, sw, pl, pr)
+    ho, a1, n1 = sp.axis_geometry(H, kh, sh, pt, pb)
+    wo, a2, n2 = sp.axis_geometry(W, kw, sw, pl, pr)
     if a1 == 1 and a2 == 1:  # one polyphase tap: a small dense bound on the host
         return sp.conv2d_spectral_bound(kernel, input_size, strides, padding, method=method, effort=effort)
     if method == "auto":

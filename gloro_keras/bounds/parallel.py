@@ -1,6 +1,7 @@
-"""The sound bounds of many layers at once: on JAX's accelerator, or one host thread per layer."""
+"""The sound bounds of many layers at once: on a JAX GPU, or one host thread per layer."""
 import inspect
 import os
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 from threadpoolctl import threadpool_limits
@@ -17,13 +18,13 @@ def usable_cpus():
 
 
 def sound_bounds(layers, workers=None, on_device="auto"):
-    """`[float(layer.sound_bound()) for layer in layers]`, on the accelerator or in host threads.
+    """`[float(layer.sound_bound()) for layer in layers]`, on a JAX GPU or in host threads.
 
     on_device: True computes the convolutions' bounds on JAX's default device, one layer after
     another (`gloro_keras.bounds.device`: batched Gram matrices certified by Cholesky factors;
     as sound, within ~5e-7 of the host's values); "auto" (default) does so where Keras runs on
-    JAX with a GPU or TPU (`device.jax_accelerator()`), where the host eigenproblems outlasted a
-    training epoch; False never.
+    JAX with a GPU (`device.jax_gpu()`), where the host eigenproblems outlasted a training epoch,
+    and falls back to the host, with a warning, if that fails; False never.
 
     Otherwise each bound is a float64 numpy/LAPACK computation (`conv2d_spectral_bound`,
     `dense_spectral_bound`) whose LAPACK calls release the GIL and already run on one BLAS
@@ -37,13 +38,20 @@ def sound_bounds(layers, workers=None, on_device="auto"):
     validation inside `fit` (`ConvergeBounds`), which waits for it.
     """
     layers = list(layers)
-    if on_device == "auto":
-        from gloro_keras.bounds.device import jax_accelerator
-
-        on_device = jax_accelerator()
+    if on_device not in (True, False, "auto"):
+        raise ValueError(f"on_device must be True, False or 'auto'. Received: on_device={on_device!r}")
     if on_device:
-        return [float(layer.sound_bound(on_device=True) if _takes_on_device(layer) else layer.sound_bound())
-                for layer in layers]
+        from gloro_keras.bounds.device import jax_gpu
+
+        if on_device is True or jax_gpu():
+            try:
+                return [float(layer.sound_bound(on_device=True) if _takes_on_device(layer) else layer.sound_bound())
+                        for layer in layers]
+            except Exception as e:  # "auto" must never cost a validation: e.g. out of device memory
+                if on_device is True:
+                    raise
+                warnings.warn(f"Sound bounds on the GPU failed ({type(e).__name__}: {e}); computing them on "
+                              "the host instead.", RuntimeWarning, stacklevel=2)
     workers = min(len(layers), usable_cpus() if workers is None else int(workers))
     if workers <= 1:
         return [float(layer.sound_bound()) for layer in layers]
