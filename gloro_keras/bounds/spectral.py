@@ -97,9 +97,10 @@ _THREAD = threading.local()
 def gil_free_grams():
     """In this thread, form the torus symbols' Gram matrices with numpy's ``matmul``, which
     releases the GIL, instead of scipy's ``zherk`` (half the flops), which holds it: two threads
-    of 40 zherk calls (256x256) took 1.00x the serial time on 2 cores, of matmul 0.70x. For
-    threads bounding layers side by side (`bounds.sound_bounds`), which zherk serializes. The
-    rounding analysis (`_gram_sigma_upper`) holds for either."""
+    of 40 zherk calls (256x256) took 0.86-1.00x the serial time on 2 cores, of matmul 0.53-0.70x
+    (`bench/ab_gram_threads.py`). For threads bounding layers side by side
+    (`bounds.sound_bounds`), which zherk serializes. The rounding analysis
+    (`_gram_sigma_upper`) holds for either."""
     before = getattr(_THREAD, "gil_free", False)
     _THREAD.gil_free = True
     try:
