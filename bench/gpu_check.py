@@ -179,10 +179,10 @@ def epoch_bound(model, x, y, step_s, backend, repeats=3):
     validation (`converge()`: the float64 sound bounds, on the device where `sound_bounds`' "auto"
     puts them there, and the rounding terms), after a training step each time (the first
     includes compiling the device programs); then, on the same weights, the layers' sound bounds
-    side by side: in the host's parallel threads and (JAX) on the device, with their values'
-    largest relative differences."""
+    side by side: in the host's parallel threads and on the device (`bounds.device`, in this
+    backend), with their values' largest relative differences."""
     from gloro_keras.bounds import sound_bounds, usable_cpus
-    from gloro_keras.bounds.device import jax_gpu
+    from gloro_keras.bounds.device import gpu_available
     from gloro_keras.train import ConvergeBounds
 
     cb = ConvergeBounds()
@@ -197,13 +197,13 @@ def epoch_bound(model, x, y, step_s, backend, repeats=3):
     epoch = 196 * step_s
     warm = sorted(rows[1:] or rows)[len(rows[1:] or rows) // 2]
     out = {"rows": rows, "cpus": usable_cpus(), "epoch_s": epoch, "converge_first_s": rows[0], "converge_s": warm,
-           "fraction_of_epoch": warm / epoch, "on_device": jax_gpu()}
+           "fraction_of_epoch": warm / epoch, "on_device": gpu_available()}
     t_host, host = U.timed(lambda: sound_bounds(layers, on_device=False))
     out.update(host_parallel_s=t_host, host_fraction_of_epoch=t_host / epoch)
-    if backend == "jax":
-        t_dev, dev = U.timed(lambda: sound_bounds(layers, on_device=True))
-        rel = [d / h - 1.0 for d, h in zip(dev, host)]
-        out.update(device_s=t_dev, device_over_host=t_dev / t_host, device_rel_diff=[min(rel), max(rel)])
+    # the device path in this backend (without a GPU: on its CPU device)
+    t_dev, dev = U.timed(lambda: sound_bounds(layers, on_device=True))
+    rel = [d / h - 1.0 for d, h in zip(dev, host)]
+    out.update(device_s=t_dev, device_over_host=t_dev / t_host, device_rel_diff=[min(rel), max(rel)])
     return out
 
 

@@ -1,4 +1,4 @@
-"""The sound bounds of many layers at once: on a JAX GPU, or one host thread per layer."""
+"""The sound bounds of many layers at once: on a GPU, or one host thread per layer."""
 import inspect
 import os
 import warnings
@@ -18,13 +18,14 @@ def usable_cpus():
 
 
 def sound_bounds(layers, workers=None, on_device="auto"):
-    """`[float(layer.sound_bound()) for layer in layers]`, on a JAX GPU or in host threads.
+    """`[float(layer.sound_bound()) for layer in layers]`, on a GPU or in host threads.
 
-    on_device: True computes the convolutions' bounds on JAX's default device, one layer after
-    another (`gloro_keras.bounds.device`: batched Gram matrices certified by Cholesky factors;
-    as sound, within ~5e-7 of the host's values); "auto" (default) does so where Keras runs on
-    JAX with a GPU (`device.jax_gpu()`), where the host eigenproblems outlasted a training epoch,
-    and falls back to the host, with a warning, if that fails; False never.
+    on_device: True computes the convolutions' bounds on the default device of Keras's backend
+    (TensorFlow, else JAX), one layer after another (`gloro_keras.bounds.device`: batched Gram
+    matrices certified by Cholesky factors; as sound, within ~1e-8 of the host's values);
+    "auto" (default) does so where that backend has a GPU (`device.gpu_available()`), where the
+    host eigenproblems outlasted a training epoch, and falls back to the host, with a warning, if
+    that fails; False never.
 
     Otherwise each bound is a float64 numpy/LAPACK computation (`conv2d_spectral_bound`,
     `dense_spectral_bound`) whose LAPACK calls release the GIL and already run on one BLAS
@@ -41,9 +42,9 @@ def sound_bounds(layers, workers=None, on_device="auto"):
     if on_device not in (True, False, "auto"):
         raise ValueError(f"on_device must be True, False or 'auto'. Received: on_device={on_device!r}")
     if on_device:
-        from gloro_keras.bounds.device import jax_gpu
+        from gloro_keras.bounds.device import gpu_available
 
-        if on_device is True or jax_gpu():
+        if on_device is True or gpu_available():
             try:
                 return [float(layer.sound_bound(on_device=True) if _takes_on_device(layer) else layer.sound_bound())
                         for layer in layers]

@@ -378,9 +378,10 @@ def conv2d_spectral_bound(
       peaks of the first and evaluate the most promising one in full (~N^2);
       "high" = all four {0, pi}-twisted tori of three sizes per axis plus a local search over
       continuous twists (~30 N^2).  Each step typically gains 0-0.5 % at 16x16.
-    on_device: the eigenproblems on JAX's default device instead, certified by Cholesky factors
-      (`gloro_keras.bounds.device`; needs JAX, float64 there; "medium"/"high" = the four
-      {0, pi}-twisted tori of minimal size): as sound, within ~5e-7 of the exact-eigenvalue bound.
+    on_device: the eigenproblems on the default device of Keras's backend (TensorFlow, else JAX)
+      instead, certified by Cholesky factors (`gloro_keras.bounds.device`; float64 there;
+      "medium"/"high" = the four {0, pi}-twisted tori of minimal size): as sound, within ~1e-8
+      of this host bound.
 
     A stride-s conv whose kernel equals its stride and has no padding (patchify / neck) has a
     frequency-independent polyphase symbol, so the bound is the exact norm (+ margin).  At
