@@ -22,10 +22,12 @@ class ConvergeBounds(keras.callbacks.Callback):
     (`model.converge_bounds`), so a saved model holds converged iterates. The last bound is
     added to `logs["lipschitz_bound"]` at the end of each epoch.
 
-    The sound bound is float64 work on the host. On an accelerator it can take longer than the
-    epoch it follows (one NVIDIA H200: 147 % of an L6W128 epoch, 216 % at L18W256;
-    bench/results/gpu_check-2026-12-04-h200-epoch.md), so inside `fit` it warns, once, when a
-    validation's bound took more than `warn_fraction` of that epoch's training time (None: never).
+    The sound bound is float64 work: on the host (`bounds.sound_bounds`' threads), or on the GPU
+    where Keras's backend has one (`bounds.device`). On the host, next to a GPU's epochs, it took
+    longer than the epoch it follows (one NVIDIA H200: 147 % of an L6W128 epoch, 216 % at
+    L18W256; bench/results/gpu_check-2026-12-04-h200-epoch.md), so inside `fit` it warns, once,
+    when a validation's bound took more than `warn_fraction` of that epoch's training time
+    (None: never).
     """
 
     def __init__(self, bound="sound", max_iterations=500, tolerance=1e-6, at_train_end=True, warn_fraction=0.1):
@@ -99,7 +101,7 @@ class ConvergeBounds(keras.callbacks.Callback):
         warnings.warn(
             f"ConvergeBounds: the {self.last_bound_kind} bound before this validation took {bound_s:.1f} s, "
             f"{100 * bound_s / train_s:.0f} % of the epoch's training ({train_s:.1f} s); it is float64 work "
-            "on the host. Validate less often (model.fit(validation_freq=N), gloro-train --eval_every=N); "
+            "(gloro_keras.bounds). Validate less often (model.fit(validation_freq=N), gloro-train --eval_every=N); "
             "certificates are unaffected.", stacklevel=2)
 
     def on_epoch_begin(self, epoch, logs=None):
