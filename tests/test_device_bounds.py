@@ -179,7 +179,8 @@ def test_auto_falls_back_to_the_host_when_the_device_fails(monkeypatch):
         raise RuntimeError("RESOURCE_EXHAUSTED: out of memory")
 
     monkeypatch.setattr(device, "gpu_available", lambda: True)
-    monkeypatch.setattr(device, "conv2d_spectral_bound_device", broken)
+    monkeypatch.setattr(device, "torus_sigma", broken)
+    monkeypatch.setattr(device, "explicit_bound", broken)
     with pytest.warns(RuntimeWarning, match="out of memory"):
         values = sound_bounds([Layer(), Layer()], workers=1)
     assert values == [spectral.conv2d_spectral_bound(kernel, (8, 8), padding=pad2(1))] * 2

@@ -18,8 +18,11 @@ Nothing is assumed of the Cholesky routine: a failed (NaN) or inaccurate factor 
 large or non-finite residual; such a matrix is retried once at a target of its own, then bounded
 on the host (`spectral`). ``t``, one per torus, is a target: `POWER_STEPS` power iterations rank
 the frequencies, the framework's eigensolver takes the largest eigenvalue of the `TOP`
-highest-ranked ones, and ``t`` is that times ``1 + MARGIN``. The bound is then within about 5e-9 relative of the one with exact
-eigenvalues, plus the rounding terms.
+highest-ranked ones, and ``t`` is that times ``1 + MARGIN``. The bound is then within about 5e-9
+relative of the one with exact eigenvalues, plus the rounding terms.
+
+Entry points, called by `spectral.conv2d_spectral_bound(..., on_device=True)` after it has
+validated the arguments and picked the method: `torus_sigma` and `explicit_bound`.
 
 The rest is the host analysis (`spectral`): the Gram matrix's rounding
 (``8 (c + 4) u ‖S‖_F²`` here, generous for any GPU product), the symbol's (twice
@@ -239,7 +242,8 @@ def _torus_max(kp, n1, n2, phi1, phi2, programs):
     chunk certified at it; frequencies the device cannot certify are bounded on the host
     (`spectral.sigma_points`)."""
     asarray = programs.asarray
-    w1, w2 = _torus_frequencies(n1, n2, phi1, phi2)
+    w1, w2, keep, _, _ = sp.torus_grid(n1, n2, phi1, phi2)
+    w1, w2 = w1[keep], w2[keep]
     a1, a2, cin, cout = kp.shape
     r, c = min(cin, cout), max(cin, cout)
     size = _chunk(-(-len(w1) // 32) * 32, r * max(r, c) * 16)  # multiples of 32: few compilations
@@ -268,59 +272,27 @@ def _torus_max(kp, n1, n2, phi1, phi2, programs):
     return best
 
 
-def _torus_frequencies(n1, n2, phi1, phi2):
-    """The frequency pairs of the twisted torus, one of each ±w pair (twists in {0, π}: the
-    symbol of a real kernel has σ(−w) = σ(w))."""
-    k1, k2 = np.meshgrid(np.arange(n1), np.arange(n2), indexing="ij")
-    j1, j2 = int(phi1 == np.pi), int(phi2 == np.pi)
-    p1, p2 = (-k1 - j1) % n1, (-k2 - j2) % n2
-    keep = k1 * n2 + k2 <= p1 * n2 + p2
-    return ((2.0 * np.pi * k1 + phi1) / n1)[keep], ((2.0 * np.pi * k2 + phi2) / n2)[keep]
-
-
-def conv2d_spectral_bound_device(kernel, input_size, strides=(1, 1), padding=((0, 0), (0, 0)), *,
-                                 method="auto", effort="medium"):
-    """`spectral.conv2d_spectral_bound(..., on_device=True)`, which validates the arguments and
-    calls this: the eigenproblems on the framework's default device, certified by Cholesky factors (module
-    docstring). input_size, strides: pairs; padding: ((top, bottom), (left, right)); the kernel
-    is finite and not zero."""
-    kernel = np.asarray(kernel, dtype=np.float64)
-    H, W = input_size
-    sh, sw = strides
-    (pt, pb), (pl, pr) = padding
-    kh, kw, cin, cout = kernel.shape
-    ho, a1, n1 = sp.axis_geometry(H, kh, sh, pt, pb)
-    wo, a2, n2 = sp.axis_geometry(W, kw, sw, pl, pr)
-    if a1 == 1 and a2 == 1:  # one polyphase tap: a small dense bound on the host
-        return sp.conv2d_spectral_bound(kernel, input_size, strides, padding, method=method, effort=effort)
-    if method == "auto":
-        method = "explicit" if min(H * W * cin, ho * wo * cout) <= sp._EXPLICIT_MAX_DIM else "torus"
+def torus_sigma(kp, n1, n2, effort):
+    """Upper bound on max_w σ_max(computed symbol of the polyphase kernel ``kp``) over the
+    tori `effort` picks (`spectral.conv2d_spectral_bound`, which adds the symbol's rounding):
+    "low" the periodic n1×n2 torus, else all four {0, π}-twisted ones; the minimum."""
     programs = _programs()
+    twists = [(0.0, 0.0)]
+    if effort != "low":
+        twists = [(np.pi * j1, np.pi * j2) for j1 in range(2 if n1 > 1 else 1) for j2 in range(2 if n2 > 1 else 1)]
     with programs.context():
-        if method == "explicit":
-            return _explicit_bound(kernel, (H, W), (sh, sw), ((pt, pb), (pl, pr)), programs)
-        scale = sp._pow2_scale(kernel)
-        kp = sp.polyphase_kernel(kernel * scale, (sh, sw))
-        n1, n2 = (1 if a1 == 1 else n1), (1 if a2 == 1 else n2)
-        twists = [(0.0, 0.0)]
-        if effort != "low":
-            twists = [(np.pi * j1, np.pi * j2) for j1 in range(2 if n1 > 1 else 1) for j2 in range(2 if n2 > 1 else 1)]
         sigma = min(_torus_max(kp, n1, n2, p1, p2, programs) for p1, p2 in twists)
-    up = (sigma * (1.0 + 4 * _U) + 2.0 * sp._symbol_abs_err(kp)) / scale
-    return sp._round_up(up)
+    return sigma * (1.0 + 4 * _U)  # the sqrt's rounding
 
 
-def _explicit_bound(kernel, size, strides, padding, programs):
-    """The explicit Gram matrix (assembled on the host, as `spectral.explicit_gram`) certified on
-    the device; `spectral._gram_to_bound`'s analysis with the certificate in place of eigvalsh."""
+def explicit_bound(kernel, size, strides, padding):
+    """`spectral._explicit_bound` with the explicit Gram matrix's top eigenvalue certified on the
+    device (`spectral.explicit_gram` assembles it on the host); eigvalsh on the host where the
+    certificate fails."""
+    programs = _programs()
     scale = sp._pow2_scale(kernel)
     g, contraction = sp.explicit_gram(kernel * scale, size, strides, padding)
-    n = g.shape[0]
-    g_dev = programs.asarray(g[None])
-    lam_up = float(_certified(g_dev, _target(g_dev, programs), programs)[0])
-    if not math.isfinite(lam_up):
-        return sp._explicit_bound(kernel, size, strides, padding)
-    gamma = (contraction + 2) * _U / (1.0 - (contraction + 2) * _U)
-    fro2 = float(np.trace(g)) * (1.0 + gamma) * (1.0 + (n + 2) * _U)
-    bound = math.sqrt((lam_up + 1.01 * gamma * fro2) * (1.0 + 1e-12)) * (1.0 + 4 * _U)
-    return sp._round_up(sp._round_up(bound) / scale)
+    with programs.context():
+        g_dev = programs.asarray(g[None])
+        lam = float(_certified(g_dev, _target(g_dev, programs), programs)[0])
+    return sp._round_up(sp._gram_to_bound(g, contraction, lam if math.isfinite(lam) else None) / scale)

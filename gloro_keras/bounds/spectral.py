@@ -239,22 +239,27 @@ def sigma_points(kp, w1, w2, chunk_bytes=32 * 2 ** 20):
     return out
 
 
+def torus_grid(n1, n2, phi1, phi2):
+    """The ``n1 x n2`` torus with twists ``(phi1, phi2)`` in {0, pi}: its frequency grids
+    ``w1, w2`` (``(2 pi k + phi) / n``), the mask ``keep`` of one point of each ``±w`` pair, and
+    each point's partner ``(p1, p2)`` (a real kernel has ``sigma(-w) = sigma(w)``)."""
+    k1, k2 = np.meshgrid(np.arange(n1), np.arange(n2), indexing="ij")
+    j1, j2 = int(phi1 == np.pi), int(phi2 == np.pi)
+    # -(2 pi k + pi j) / n == (2 pi k' + pi j) / n  (mod 2 pi)  with  k' = -k - j  (mod n)
+    p1, p2 = (-k1 - j1) % n1, (-k2 - j2) % n2
+    keep = k1 * n2 + k2 <= p1 * n2 + p2
+    return (2.0 * np.pi * k1 + phi1) / n1, (2.0 * np.pi * k2 + phi2) / n2, keep, p1, p2
+
+
 def _torus_values(kp, n1, n2, phi1=0.0, phi2=0.0):
     """Symbol sigma_max bounds on the ``n1 x n2`` torus with twists ``(phi1, phi2)``, shape
     ``(n1, n2)``, index ``k`` <-> frequency ``(2 pi k + phi) / n``.  For twists in {0, pi} the
     grid is closed under ``w -> -w`` and, the kernel being real, ``sigma(-w) = sigma(w)``:
     only one point of each pair is computed."""
-    k1, k2 = np.meshgrid(np.arange(n1), np.arange(n2), indexing="ij")
-    w1 = (2.0 * np.pi * k1 + phi1) / n1
-    w2 = (2.0 * np.pi * k2 + phi2) / n2
-    sym = phi1 in (0.0, np.pi) and phi2 in (0.0, np.pi)
-    if not sym:
-        return sigma_points(kp, w1, w2).reshape(n1, n2)
-    j1, j2 = int(phi1 == np.pi), int(phi2 == np.pi)
-    # -(2 pi k + pi j) / n == (2 pi k' + pi j) / n  (mod 2 pi)  with  k' = -k - j  (mod n)
-    p1, p2 = (-k1 - j1) % n1, (-k2 - j2) % n2
-    flat, partner = k1 * n2 + k2, p1 * n2 + p2
-    keep = flat <= partner
+    if not (phi1 in (0.0, np.pi) and phi2 in (0.0, np.pi)):
+        k1, k2 = np.meshgrid(np.arange(n1), np.arange(n2), indexing="ij")
+        return sigma_points(kp, (2.0 * np.pi * k1 + phi1) / n1, (2.0 * np.pi * k2 + phi2) / n2).reshape(n1, n2)
+    w1, w2, keep, p1, p2 = torus_grid(n1, n2, phi1, phi2)
     vals = np.empty((n1, n2))
     vals[keep] = sigma_points(kp, w1[keep], w2[keep])
     vals[~keep] = vals[p1[~keep], p2[~keep]]
@@ -406,10 +411,6 @@ def conv2d_spectral_bound(
         return 0.0
     if not np.all(np.isfinite(kernel)):
         return float("inf")
-    if on_device:
-        from gloro_keras.bounds.device import conv2d_spectral_bound_device
-
-        return conv2d_spectral_bound_device(kernel, (H, W), (sh, sw), ((pt, pb), (pl, pr)), method=method, effort=effort)
 
     if method == "auto":
         # one polyphase tap per axis (e.g. kernel == stride, no padding): the torus bound is
@@ -418,6 +419,10 @@ def conv2d_spectral_bound(
         small = min(H * W * cin, ho * wo * cout) <= _EXPLICIT_MAX_DIM
         method = "explicit" if small and not single_tap else "torus"
     if method == "explicit":
+        if on_device:
+            from gloro_keras.bounds.device import explicit_bound
+
+            return explicit_bound(kernel, (H, W), (sh, sw), ((pt, pb), (pl, pr)))
         return _explicit_bound(kernel, (H, W), (sh, sw), ((pt, pb), (pl, pr)))
 
     if a1 == 1 and a2 == 1:
@@ -432,6 +437,11 @@ def conv2d_spectral_bound(
         n1 = 1
     if a2 == 1:
         n2 = 1
+    if on_device:
+        from gloro_keras.bounds.device import torus_sigma
+
+        # the device's contractions may run in any algorithm: twice the symbol's rounding
+        return _round_up((torus_sigma(kp, n1, n2, effort) + 2.0 * _symbol_abs_err(kp)) / scale)
     # many small LAPACK calls: one BLAS thread each is faster than an oversubscribed pool (L6W128
     # block, 2 cores: 0.28-0.49 s with one thread, 0.74-1.36 s with two); the explicit method's
     # single large eigenproblem keeps every thread (stem: 1.15 s with two, 2.09 s with one)
@@ -505,19 +515,21 @@ def _explicit_bound(kernel, size, strides, padding):
     return _round_up(_gram_to_bound(g, contraction) / scale)
 
 
-def _gram_to_bound(g, contraction):
+def _gram_to_bound(g, contraction, lam_max=None):
     """Upper bound on sqrt(lambda_max(G_exact)) from a computed Gram matrix ``g``.
 
     ``|g - G_exact| <= gamma_{T+2} |A|^T |A|`` entrywise (T = contraction length, any
     summation order), so ``||g - G_exact||_2 <= gamma_{T+2} ||A||_F^2`` with
     ``||A||_F^2 = trace(G_exact) <= trace(g) (1 + gamma_{T+2}) (1 + n u)``; ``eigvalsh``
-    returns the exact eigenvalues of ``g + E``, ``||E|| <= _REL_SLACK ||g||``.
+    returns the exact eigenvalues of ``g + E``, ``||E|| <= _REL_SLACK ||g||``. ``lam_max``: an
+    upper bound on lambda_max(g) already certified (`bounds.device`), in place of eigvalsh.
     """
     n = g.shape[0]
-    lam = float(np.linalg.eigvalsh(g)[-1])
+    if lam_max is None:
+        lam_max = max(float(np.linalg.eigvalsh(g)[-1]), 0.0) * (1.0 + _REL_SLACK)
     gamma = (contraction + 2) * _U / (1.0 - (contraction + 2) * _U)
     fro2 = float(np.trace(g)) * (1.0 + gamma) * (1.0 + (n + 2) * _U)
-    lam_up = max(lam, 0.0) * (1.0 + _REL_SLACK) + 1.01 * gamma * fro2
+    lam_up = lam_max + 1.01 * gamma * fro2
     return _round_up(math.sqrt(lam_up) * (1.0 + 4 * _U))
 
 
