@@ -27,6 +27,11 @@ BATCH = 256
 NUM_CLASSES = 10
 INPUT_SHAPE = (32, 32, 3)
 EPSILON = 36 / 255
+# GloroModel's default `bound_gradient`: the GloRo step the bars time (tests/test_bench.py checks
+# that it is the library's), and bench/torch_reference.py's step with the same bound gradient.
+DEFAULT_GRADIENT = "last"
+GLORO = f"gloro_{DEFAULT_GRADIENT}"
+TORCH_GLORO = {"full": "gloro", "last": "gloro_last"}
 POWER_ITERATIONS = 10
 
 GOALS = {  # key: (op, goal, bar)

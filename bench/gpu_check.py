@@ -5,7 +5,7 @@
 
 For each Keras backend that imports (TensorFlow, JAX), in a child process of its own: the plain
 network (`liresnet_network`, cross-entropy) and the GloRo model (`GloroModel`, EMMA,
-`bound_gradient="full"`, 10 power iterations), each in float32 and in bfloat16
+the default `bound_gradient="last"`, 10 power iterations), each in float32 and in bfloat16
 (`train_dtype="bfloat16"`; the plain net under `mixed_bfloat16`), batch 256 of 32×32×3; per
 dtype, the two are timed side by side in rounds of `--steps` steps whose order alternates, after
 two warm-up steps (on JAX, float32, also the GloRo step with the other `group_power_iterations`
@@ -100,7 +100,7 @@ def child(backend, L, W, rounds, steps, dtypes=("float32", "bfloat16")):
 
     def build(kind, dtype):  # the benchmark's own model variants (bench/_util.py)
         group = {"gloro-grouped": True, "gloro-separate": False}.get(kind, "auto")
-        return U.build(("plain" if kind == "plain" else "gloro_full") + ("_bf16" if dtype == "bfloat16" else ""), L, W,
+        return U.build(("plain" if kind == "plain" else U.GLORO) + ("_bf16" if dtype == "bfloat16" else ""), L, W,
                        group=group)
 
     # JAX, float32: also the other `group_power_iterations` setting than "auto" picks here
@@ -353,7 +353,8 @@ def _epoch_bound_note(backend, e):
 
 def report(results, config):
     torch_cfg = results["torch"].get("configs", {}).get(config, {}).get("channels_last", {})
-    tg = {d: torch_cfg.get(v, {}).get("images_per_s") for d, v in (("float32", "gloro"), ("bfloat16", "gloro_bf16"))}
+    tgv = U.TORCH_GLORO[U.DEFAULT_GRADIENT]  # PyTorch's GloRo step with our default's bound gradient
+    tg = {d: torch_cfg.get(v, {}).get("images_per_s") for d, v in (("float32", tgv), ("bfloat16", tgv + "_bf16"))}
     lines = [f"# GPU check ({config}, batch {BATCH}) {results['finished']}", "",
              f"GPUs: {', '.join(results['gpus']) or 'none: CPU fallback'}", "",
              "| backend | dtype | plain img/s | GloRo img/s | GloRo ÷ plain (step) | GloRo ÷ PyTorch GloRo (img/s) | "
@@ -379,7 +380,9 @@ def report(results, config):
     t = results["torch"]
     if torch_cfg:
         peak = torch_cfg.get("peak_gpu_memory_mb")
-        for d, (pv, gv) in (("float32", ("plain", "gloro")), ("bfloat16", ("plain_bf16", "gloro_bf16"))):
+        for d, (pv, gv) in (("float32", ("plain", tgv)), ("bfloat16", ("plain_bf16", tgv + "_bf16"))):
+            if gv not in torch_cfg:  # a result from before torch_reference.py timed `gloro_last`
+                continue
             p, g = torch_cfg[pv]["images_per_s"], torch_cfg[gv]["images_per_s"]
             lines.append(f"| PyTorch {t['torch']} ({t['device']}) | {d} | {p:.0f} | {g:.0f} | {p / g:.3f} (img/s) | 1 | "
                          f"{torch_cfg[gv]['first_step_s']:.1f} | {f'{peak:.0f}' if peak else '—'} |")

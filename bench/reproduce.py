@@ -35,10 +35,10 @@ RESULTS = REPO / "docs" / "results"
 DOC = REPO / "docs" / "results.md"
 
 TABLE_BUDGET = dict(width=32, epochs=10, warmup_epochs=0.5)
-# The committed runs back-propagate through every power-iteration step (the paper's setting);
-# pinned so that these commands reproduce them whatever gloro-train's default is.
-# the committed runs trained in float32 with the full bound gradient: pinned, whatever the defaults
-# (`--train_dtype=auto` would pick bfloat16 on a CPU with AMX)
+# The committed runs trained in float32 and back-propagated through every power-iteration step
+# (`full`, gloro-train's default until 2026-12-04; now "last", as the authors' code): pinned, so
+# these commands reproduce them whatever the defaults (`--train_dtype=auto` would pick bfloat16 on
+# a CPU with AMX or AVX512-BF16)
 PAPER_GRADIENT = dict(bound_gradient="full", train_dtype="float32")
 
 # name -> (gloro-train flags); the preset fixes the recipe, the rest is the reduced budget.

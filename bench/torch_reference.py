@@ -9,9 +9,13 @@ in one session on one machine (the suite's only comparison with PyTorch):
 * network: x − 0.5 → conv k5 s2 p2 (3 → W) → MinMax → L × (one 3×3 conv with the merged kernel
   Δ + β·V/√L → MinMax) → conv k4 s4 (W → 2W) → MinMax → flatten → dense 512 → MinMax → LLN dense;
 * plain step: cross-entropy, AdamW(1e-3, weight decay 1e-4), global-norm clipping at 3;
-* GloRo step: the same plus, for each of the L + 3 linear layers, 10 power-iteration steps
-  `u ← AᵀAu/‖AᵀAu‖` on a persistent iterate (autograd through every step), K = Π‖A_l u_l‖,
-  LLN margin bounds K·‖ŵ_t − ŵ_i‖ and the EMMA loss CE(y_i + ε·K_ti, t);
+* GloRo step ("gloro"): the same plus, for each of the L + 3 linear layers, 10 power-iteration
+  steps `u ← AᵀAu/‖AᵀAu‖` on a persistent iterate (autograd through every step, like
+  `bound_gradient="full"`), K = Π‖A_l u_l‖, LLN margin bounds K·‖ŵ_t − ŵ_i‖ and the EMMA loss
+  CE(y_i + ε·K_ti, t);
+* "gloro_last": the same with the 10 steps run without autograd and the gradient through the final
+  ‖A_l u_l‖ only (like `bound_gradient="last"`, gloro-keras's default): what the authors' released
+  code computes, whose loop is followed by `x.detach()` before the final convolution;
 * with --bf16, also both steps with the network's forward under `torch.autocast` (bfloat16) and
   the bound and loss in float32, like gloro-keras's `train_dtype="bfloat16"`.
 
@@ -81,8 +85,11 @@ class LiResNet(torch.nn.Module):
         z = minmax(F.linear(z.flatten(1), self.dense_w, self.dense_b))
         return F.linear(z, self.head_w / self.head_w.norm(dim=1, keepdim=True), self.head_b)
 
-    def lipschitz_bound(self, iterations=10):
-        """K = Π_l ‖A_l u_l‖ after `iterations` power steps per layer, differentiable throughout."""
+    def lipschitz_bound(self, iterations=10, gradient="full"):
+        """K = Π_l ‖A_l u_l‖ after `iterations` power steps per layer: differentiable through every
+        step (`gradient="full"`), or only through the final ‖A_l u_l‖ with the steps run without
+        autograd (`"last"`: what the authors' released code does, where the iterate is detached
+        after the loop)."""
         ks = self.block_kernels()
         ops = [(lambda u: F.conv2d(u, self.stem_w, stride=2, padding=2),
                 lambda v: F.conv_transpose2d(v, self.stem_w, stride=2, padding=2, output_padding=1))]
@@ -94,9 +101,10 @@ class LiResNet(torch.nn.Module):
         for j, (fwd, adj) in enumerate(ops):
             u = self.iterates[j]
             u = u / u.norm()
-            for _ in range(iterations):
-                w = adj(fwd(u))
-                u = w / w.norm()
+            with torch.set_grad_enabled(gradient == "full" and torch.is_grad_enabled()):
+                for _ in range(iterations):
+                    w = adj(fwd(u))
+                    u = w / w.norm()
             self.iterates[j] = u.detach()
             K = K * fwd(u).norm()
         return K
@@ -105,11 +113,11 @@ class LiResNet(torch.nn.Module):
 DEVICE = "cpu"  # --device
 
 
-def emma_loss(model, x, y, epsilon, bf16=False):
+def emma_loss(model, x, y, epsilon, bf16=False, gradient="full"):
     with torch.autocast(DEVICE, dtype=torch.bfloat16, enabled=bf16):
         logits = model(x)
     logits = logits.float()
-    K = model.lipschitz_bound()
+    K = model.lipschitz_bound(gradient=gradient)
     w = model.head_w / model.head_w.norm(dim=1, keepdim=True)
     kij = K * torch.cdist(w, w)                        # K·‖ŵ_i − ŵ_j‖ (0 on the diagonal)
     return F.cross_entropy(logits + epsilon * kij[y], y)
@@ -127,7 +135,7 @@ def make_step(model, variant, epsilon=36 / 255):
                 logits = model(x)
             loss = F.cross_entropy(logits.float(), y)
         else:
-            loss = emma_loss(model, x, y, epsilon, bf16)
+            loss = emma_loss(model, x, y, epsilon, bf16, "last" if "_last" in variant else "full")
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 3.0)
         opt.step()
@@ -145,7 +153,7 @@ def setup_config(L, W, fmt, bf16=False, batch=256, seed=0):
     if fmt == "channels_last":
         x = x.contiguous(memory_format=torch.channels_last)
     steps, first = {}, {}
-    for variant in ("plain", "gloro") + (("plain_bf16", "gloro_bf16") if bf16 else ()):
+    for variant in ("plain", "gloro", "gloro_last") + (("plain_bf16", "gloro_bf16", "gloro_last_bf16") if bf16 else ()):
         model = LiResNet(L, W, channels_last=fmt == "channels_last").to(DEVICE)
         model.iterates = [u.to(DEVICE) for u in model.iterates]  # a plain list: .to() skips it
         steps[variant] = make_step(model, variant)

@@ -69,11 +69,11 @@ def run(L, W, x, y, args, log, torch=None):
              ("gloro_full_bf16", "gloro_full"), ("plain_bf16", "plain"), ("plain_xla", "plain"),
              ("gloro_full_xla", "gloro_full"), ("gloro_full_xla", "plain_xla")]
     res["ratios"] = {f"{a}/{b}": U.paired(times[a], times[b]) for a, b in pairs if a in times and b in times}
-    if torch is not None and "gloro_full" in times:
-        best = torch.best_gloro(cfg)
-        if best:  # PyTorch GloRo step ÷ ours, round by round
-            res["ratios"]["torch_gloro/gloro_full"] = dict(U.paired(best[1], times["gloro_full"]),
-                                                           torch_format=best[0])
+    for g, tv in U.TORCH_GLORO.items():  # PyTorch GloRo step ÷ ours with the same bound gradient
+        best = torch.best_gloro(cfg, tv) if torch is not None and f"gloro_{g}" in times else None
+        if best:  # round by round
+            res["ratios"][f"torch_{tv}/gloro_{g}"] = dict(U.paired(best[1], times[f"gloro_{g}"]),
+                                                         torch_format=best[0])
     if "gloro_full" in models:
         res["macs"] = U.flop_floor(models["gloro_full"])
     for k, p in res["ratios"].items():
@@ -207,14 +207,15 @@ class TorchChild:
                                                   if isinstance(d, dict)) + " img/s" for fmt, r in out.items())
         self.log(f"  PyTorch reference {cfg}: {line}")
 
-    def best_gloro(self, cfg):
-        """(format, round_robin times) of the faster PyTorch GloRo step of cfg, or None."""
-        fmts = {f: r["gloro"] for f, r in self.results["configs"].get(cfg, {}).items()
-                if isinstance(r, dict) and "gloro" in r}
+    def best_gloro(self, cfg, variant="gloro"):
+        """(format, round_robin times) of the faster PyTorch GloRo step `variant` ("gloro": bound
+        gradient through every step, "gloro_last": the final one) of cfg, or None."""
+        fmts = {f: r[variant] for f, r in self.results["configs"].get(cfg, {}).items()
+                if isinstance(r, dict) and variant in r}
         if not fmts:
             return None
         f = max(fmts, key=lambda k: fmts[k]["images_per_s"])
-        return f, self._times[cfg][f"{f}/gloro"]
+        return f, self._times[cfg][f"{f}/{variant}"]
 
     def close(self):
         """Stop the child; returns `results`."""
@@ -262,8 +263,9 @@ def summary_rows(cfg, results):
     v, rat = tr.get("variants", {}), tr.get("ratios", {})
     for g in ("full", "last"):
         if f"gloro_{g}/plain" in rat:
-            rows.append(U.ratio_row(cfg, f"train step GloRo ÷ plain, bound_gradient={g}", rat[f"gloro_{g}/plain"],
-                                    "train_ratio"))
+            default = g == U.DEFAULT_GRADIENT  # the bar is on the default; the other is an option
+            rows.append(U.ratio_row(cfg, f"train step GloRo ÷ plain, bound_gradient={g}" + (" (default)" if default else ""),
+                                    rat[f"gloro_{g}/plain"], "train_ratio" if default else None))
     if "gloro_full_bf16/plain_bf16" in rat:
         rows.append(U.ratio_row(cfg, "train step GloRo ÷ plain, both mixed bfloat16 (train_dtype=bfloat16, full)",
                                 rat["gloro_full_bf16/plain_bf16"], "train_ratio"))
@@ -275,20 +277,23 @@ def summary_rows(cfg, results):
             rows.append(U.text_row(cfg, label, ", ".join(U.fmt(v[k]["images_per_s"]) for k in keys),
                                    ", ".join(U.fmt(v[k]["images_per_s_fastest_run"]) for k in keys),
                                    "CPU s/step " + ", ".join(U.fmt(v[k]["step_cpu_s_median"]) for k in keys)))
+    for g, tv in U.TORCH_GLORO.items():
+        if f"torch_{tv}/gloro_{g}" in rat:
+            p = rat[f"torch_{tv}/gloro_{g}"]
+            rows.append(U.ratio_row(cfg, f"PyTorch GloRo step ÷ GloRo step, both bound_gradient={g}, float32, per "
+                                         f"round ({p['torch_format']}; the steps alternate)", p,
+                                    "speedup_vs_pytorch" if g == U.DEFAULT_GRADIENT else None))
     best = torch_best(results, cfg)
-    if "torch_gloro/gloro_full" in rat:
-        p = rat["torch_gloro/gloro_full"]
-        rows.append(U.ratio_row(cfg, f"PyTorch GloRo step ÷ GloRo (full) step, float32, per round "
-                                     f"({p['torch_format']}; the steps alternate)", p, "speedup_vs_pytorch"))
+    for g, tv in (("gloro_full", "gloro"), ("gloro_last", "gloro_last"), ("gloro_full_bf16", "gloro")):
+        tbest = torch_best(results, cfg, tv)
+        if tbest and g in v:
+            fmt, tg = tbest[0], tbest[1][tv]
+            fast = v[g]["images_per_s_fastest_run"] / tg["images_per_s_fastest_run"]
+            rows.append(U.value_row(cfg, f"{g} images/s ÷ PyTorch {tv} in this session (same net, {fmt}, "
+                                    f"{tg['images_per_s']:.0f} img/s)", v[g]["images_per_s"] / tg["images_per_s"],
+                                    U.fmt(fast), "speedup_vs_pytorch" if g == U.GLORO else None, fast))
     if best:
         fmt, t = best
-        tg = t["gloro"]
-        for g in ("gloro_full", "gloro_last", "gloro_full_bf16"):
-            if g in v:
-                fast = v[g]["images_per_s_fastest_run"] / tg["images_per_s_fastest_run"]
-                rows.append(U.value_row(cfg, f"{g} images/s ÷ PyTorch in this session (same net, {fmt}, "
-                                        f"{tg['images_per_s']:.0f} img/s)", v[g]["images_per_s"] / tg["images_per_s"],
-                                        U.fmt(fast), "speedup_vs_pytorch", fast))
         if "plain" in v:
             rows.append(U.value_row(cfg, f"plain images/s ÷ PyTorch plain in this session ({fmt}, "
                                     f"{t['plain']['images_per_s']:.0f} img/s)",
@@ -343,7 +348,10 @@ def details(results):
         lines += ["", f"## PyTorch reference in this session (torch {tr.get('torch')}, {tr.get('threads')} threads)", "",
                   "`bench/torch_reference.py`: the same network and steps written in PyTorch from the paper "
                   "(not the authors' code, which is not available offline); 'gloro' = EMMA + 10 power "
-                  "iterations with autograd through all of them, like `bound_gradient=full`. " + (
+                  "iterations with autograd through all of them, like `bound_gradient=full`; 'gloro_last' = the "
+                  "same with the iterations run without autograd and the gradient through the final ‖A u‖ "
+                  "only, like `bound_gradient=last` and the authors' released code (which detaches the "
+                  "iterate after the loop). " + (
                   "Run in a child process (`--serve`) whose steps join the same rotating rounds as this "
                   "process's." if tr.get("alternated") else "Run in a child process, before this process's steps."), "",
                   U.md_table(["config", "memory format", "variant", "img/s (median)", "img/s (fastest)",

@@ -46,7 +46,7 @@ class _StrategyLayer(GloroLayer):
     def lipschitz(self):
         return self._lc_strategy.estimate(self, training=True)
 
-    def power_estimate(self, training=False, gradient="full"):
+    def power_estimate(self, training=False, gradient="last"):
         if isinstance(self._lc_strategy, lc_lib.Eigh):
             return self._lc_strategy.estimate(self, training)
         return super().power_estimate(training=training, gradient=gradient)

@@ -24,11 +24,12 @@ class BoundedLayer(keras.layers.Layer, metaclass=abc.ABCMeta):
     """
 
     @abc.abstractmethod
-    def power_estimate(self, training=False, gradient="full"):
+    def power_estimate(self, training=False, gradient="last"):
         """Estimate of the Lipschitz constant as a scalar tensor.
 
         training=True advances the persistent estimate (and stores it); gradients flow
-        through every step (`gradient="full"`) or only the last (`"last"`).
+        only through the last step (`gradient="last"`, the default) or through every step
+        (`"full"`).
         """
 
     @abc.abstractmethod

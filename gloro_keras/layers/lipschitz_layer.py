@@ -158,7 +158,7 @@ class LipschitzLayer(BoundedLayer):
 
         return bound(kernel, U, V, SQ), us[-1]
 
-    def advance(self, kernel, u, gradient="full"):
+    def advance(self, kernel, u, gradient="last"):
         """`power_iterations` steps from the unit iterate u with the kernel K: (σ = ‖A uₙ‖, uₙ),
         σ differentiable w.r.t. K through every step (`"full"`) or only the last (`"last"`).
         A pure function of (K, u), so `layers.power_groups` can vectorize it over same-shaped
@@ -178,12 +178,12 @@ class LipschitzLayer(BoundedLayer):
         a hashable key of those (and `power_iterations`)."""
         return None
 
-    def power_estimate(self, training=False, gradient="full"):
+    def power_estimate(self, training=False, gradient="last"):
         """Power-iteration estimate of ‖A‖₂ as a scalar tensor.
 
         training=True runs `power_iterations` steps from the stored iterate (`advance`), stores
-        the result, and lets gradients flow through all steps (`gradient="full"`) or only
-        through the final `‖A u‖` (`gradient="last"`). training=False reuses the stored
+        the result, and lets gradients flow only through the final `‖A u‖` (`gradient="last"`,
+        the default) or through all steps (`gradient="full"`). training=False reuses the stored
         iterate without updating it.
         """
         check_gradient(gradient)

@@ -42,7 +42,7 @@ def grouping_pays():
     return jax.default_backend() != "cpu"
 
 
-def power_estimates(layers, training=False, gradient="full", group="auto"):
+def power_estimates(layers, training=False, gradient="last", group="auto"):
     """[layer.power_estimate(training, gradient) for layer in layers], except that in a training
     call layers with equal `power_group_key()`s advance their iterates together, vectorized (see
     the module docstring). `group`: True, False, or "auto" (`grouping_pays()`)."""

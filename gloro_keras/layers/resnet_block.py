@@ -52,7 +52,7 @@ class ResNetBlock(BoundedLayer):
     def _combine(self, k1, k2):
         return 1.0 + ops.max(ops.abs(self.beta)) * k1 * k2
 
-    def power_estimate(self, training=False, gradient="full"):
+    def power_estimate(self, training=False, gradient="last"):
         """`1 + max|β|·K₂·K₁` from the two convs' power-iteration estimates."""
         return self._combine(
             self.conv1.power_estimate(training=training, gradient=gradient),

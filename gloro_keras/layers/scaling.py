@@ -34,7 +34,7 @@ class Scaling(BoundedLayer):
     def compute_output_shape(self, input_shape):
         return input_shape
 
-    def power_estimate(self, training=False, gradient="full"):
+    def power_estimate(self, training=False, gradient="last"):
         check_gradient(gradient)
         return ops.abs(self.alpha)
 

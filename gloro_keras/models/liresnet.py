@@ -98,7 +98,7 @@ def GloroLiResNet(
     epsilon=36 / 255,
     dense_width=None,
     power_iterations=10,
-    bound_gradient="full",
+    bound_gradient="last",
     name=None,
     block="liresnet",
     train_dtype=None,
