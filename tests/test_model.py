@@ -303,6 +303,24 @@ def test_training_updates_iterates_and_invalidates_the_cache():
     assert model.lipschitz_bound("sound") <= cached <= model.lipschitz_bound("sound") * (1 + 1e-6)
 
 
+def test_bound_and_certificate_hash_the_weights_once_per_call(monkeypatch):
+    """`update_bound_cache` and `certify` need K and the layers' bounds of the same weights: one
+    fingerprint (a hash of every bounded layer's weights, 40 MB at L18W256) serves both; and a
+    changed weight still misses the cache."""
+    model = tiny_liresnet()
+    calls = []
+    real = type(model)._fingerprint
+    monkeypatch.setattr(type(model), "_fingerprint", lambda self: calls.append(1) or real(self))
+    k = model.update_bound_cache("sound")
+    assert len(calls) == 1
+    x = np.random.default_rng(0).random((4, 8, 8, 1)).astype("float32")
+    model.certify(x)
+    assert len(calls) == 2 and model.lipschitz_bound("sound") == k
+    stem = model.network.get_layer("stem")
+    stem.kernel.assign(2 * ops.convert_to_numpy(stem.kernel))
+    assert model.update_bound_cache("sound") > 1.5 * k  # new weights, new bound
+
+
 @pytest.mark.parametrize("how", ["fit", "train_on_batch"])
 def test_training_step_is_traced_once(monkeypatch, how):
     """The optimizer's variables exist before the step is traced, so `fit` and `train_on_batch`

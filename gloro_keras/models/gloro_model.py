@@ -577,27 +577,41 @@ class GloroModel(keras.Model):
             for layer in self._plan.bounded:
                 k *= float(ops.convert_to_numpy(layer.power_estimate(training=False)))
             return k
-        key = self._fingerprint()
-        if key not in self._sound_cache:
-            value = self._layer_value_fn("sound")  # per-layer bounds shared with the rounding terms
+        return self._sound_product(self._fingerprint())
+
+    def _bound_and_fingerprint(self, bound):
+        """(`lipschitz_bound(bound)`, the weights' fingerprint for "sound", else None): a caller
+        that also needs `_layer_value_fn` hashes the weights once."""
+        if bound != "sound":
+            return self.lipschitz_bound(bound), None
+        fingerprint = self._fingerprint()
+        return self._sound_product(fingerprint), fingerprint
+
+    def _sound_product(self, fingerprint):
+        """The sound K of the weights whose `_fingerprint()` is `fingerprint` (cached)."""
+        if fingerprint not in self._sound_cache:
+            value = self._layer_value_fn("sound", fingerprint)  # per-layer bounds shared with the rounding terms
             k = self._plan.constant * (1.0 + FLOAT64_SAFETY)
             for layer in self._plan.bounded:
                 k *= value(layer)
-            self._sound_cache = {key: k}
-        return self._sound_cache[key]
+            self._sound_cache = {fingerprint: k}
+        return self._sound_cache[fingerprint]
 
     def margin_bound_matrix(self, bound="sound"):
         """float64 (m, m) matrix K_ij bounding the Lipschitz constant of y_i − y_j."""
-        w = head_kernel_np(self._plan.head)
-        return self.lipschitz_bound(bound) * pairwise_distances_np(w)
+        return self._margin_bounds(self.lipschitz_bound(bound))
+
+    def _margin_bounds(self, k):
+        """K_ij = k·‖ŵ_i − ŵ_j‖ for the body's bound k."""
+        return k * pairwise_distances_np(head_kernel_np(self._plan.head))
 
     def update_bound_cache(self, bound="sound"):
         """Compute K once (see `lipschitz_bound`) and use it for inference calls
         (`predict`, `evaluate`) until the next training step. Returns K."""
-        k = self.lipschitz_bound(bound)
+        k, fingerprint = self._bound_and_fingerprint(bound)
         self._bound_cache.assign(_round_up_float32(k) if bound == "sound" else np.float32(k))
         if self._rounding is not None:
-            params = self._rounding.params(self._layer_value_fn(bound))
+            params = self._rounding.params(self._layer_value_fn(bound, fingerprint))
             self._rounding_params.assign(
                 np.array([_round_up_float32(v) for v in params] or [0.0], dtype=np.float32))
         self._bound_cache_valid.assign(1.0)
@@ -615,10 +629,11 @@ class GloroModel(keras.Model):
         not valid."""
         return float(ops.convert_to_numpy(self._bound_cache)) if self.bound_cache_valid else None
 
-    def _layer_value_fn(self, bound):
-        """value(layer): a bounded leaf layer's bound of kind `bound` (sound: cached)."""
+    def _layer_value_fn(self, bound, fingerprint=None):
+        """value(layer): a bounded leaf layer's bound of kind `bound` (sound: cached for the
+        weights whose `_fingerprint()` is `fingerprint`, hashed here when not given)."""
         if bound == "sound":
-            key = ("sound", self._fingerprint())
+            key = ("sound", fingerprint if fingerprint is not None else self._fingerprint())
             for old in [k for k in self._value_cache if k != key]:  # entries of older weights
                 del self._value_cache[old]
             _prefetch_sound_bounds(self._value_cache.setdefault(key, {}), self._plan.bounded)
@@ -720,13 +735,14 @@ class GloroModel(keras.Model):
         if arithmetic == "float64":
             return self._float64_certificate_inputs(x, bound, batch_size)
         check_float32_math()  # before the bound converges: a refused call changes nothing
-        kmat = self.margin_bound_matrix(bound)
+        k, fingerprint = self._bound_and_fingerprint(bound)
+        kmat = self._margin_bounds(k)
         if arithmetic == "exact":
             return self.predict_logits(x, batch_size), kmat, None
         an = self._rounding
         if an is None:
             raise ValueError(f"Cannot certify the float32 network: {self._rounding_unsupported}")
-        params = an.params(self._layer_value_fn(bound))
+        params = an.params(self._layer_value_fn(bound, fingerprint))
         with full_precision_kernels():
             out = np.asarray(self._probe_model().predict(x, batch_size=batch_size, verbose=0), dtype=np.float64)
         m = self.num_classes
