@@ -382,8 +382,10 @@ def timed(fn):
 
 
 def round_robin(fns, repeats, calls=1):
-    """Time every callable `calls` times per round for `repeats` rounds, rotating the order
-    each round so no variant always runs first (or right after the same neighbour).
+    """Time every callable `calls` times per round for `repeats` rounds, in the given order and
+    reversed by turns, rotated every two rounds: so no variant always runs first, and no variant
+    always runs right after the same neighbour (a rotation alone keeps the cyclic order: with
+    PyTorch's steps in the rounds, `plain` followed a PyTorch step in every round but the first).
 
     Returns {name: {"wall": [s per call, one per round], "cpu": [process CPU s per call]}}.
     Process CPU time (all threads) is insensitive to other processes taking cores away,
@@ -394,8 +396,8 @@ def round_robin(fns, repeats, calls=1):
     names = list(fns)
     times = {n: {"wall": [], "cpu": []} for n in names}
     for r in range(repeats):
-        k = r % len(names)
-        for n in names[k:] + names[:k]:
+        base, k = (names if r % 2 == 0 else names[::-1]), (r // 2) % len(names)
+        for n in base[k:] + base[:k]:
             wall = cpu = 0.0
             for _ in range(calls):
                 c, t = time.process_time(), time.perf_counter()

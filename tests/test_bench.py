@@ -88,6 +88,15 @@ def test_speedup_vs_torch_compares_the_default_bound_gradient_with_the_same_in_p
     assert rows[0][7] == "PASS" and rows[1][7] == ""  # the bar judges the default only
 
 
+def test_rounds_vary_which_variant_runs_first_and_which_precedes_which():
+    log = []
+    U.round_robin({n: (lambda n=n: log.append(n)) for n in "abcd"}, repeats=4)
+    rounds = ["".join(log[i:i + 4]) for i in range(0, 16, 4)]
+    assert len({r[0] for r in rounds}) == 4  # each variant runs first once
+    preceded = {n: {r[i - 1] for r in rounds for i in range(1, 4) if r[i] == n} for n in "abcd"}
+    assert all(len(p) >= 2 for p in preceded.values())  # not always after the same neighbour
+
+
 def test_a_torch_reference_that_dies_is_reported_and_our_rounds_carry_on(tmp_path):
     logged = []
     child = training.TorchChild(fake_python(tmp_path), log=logged.append)
