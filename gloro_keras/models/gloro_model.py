@@ -116,7 +116,7 @@ class GloroModel(keras.Model):
         epsilon: certification radius (ℓ2, input units), >= 0.
         bound_gradient: "last" (default) back-propagates only through the final ‖A u‖ of a
             training call's power iteration, the iterate u held constant (as the paper authors'
-            released code and gloro's power method do); "full" through every step, 1.11-1.16x
+            released code and gloro's power method do); "full" through every step, 1.11-1.24x
             the CPU step time, and in paired runs 0.07-0.80 VRA points better
             (docs/results.md, finding 7). At a converged iterate both are ∇‖A‖₂ = u₁v₁ᵀ.
         train_dtype: compute dtype of the network's forward and backward pass in training
