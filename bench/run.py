@@ -54,13 +54,18 @@ def run_backends(cfg, args, log):
     return out
 
 
+def speedup_key(g):
+    """latest.json's key for PyTorch ÷ ours with bound gradient g: the default's is `speedup_vs_torch`."""
+    return "speedup_vs_torch" + ("" if g == U.DEFAULT_GRADIENT else f"_{g}")
+
+
 def machine_readable(cfg, r, results):
     """speedup_vs_torch and jax_over_tf of one config (absent when not measured)."""
     import statistics
 
     v = r.get("training", {}).get("variants", {})
-    for g, tv in U.TORCH_GLORO.items():  # the default bound gradient's pair is `speedup_vs_torch`
-        key = "speedup_vs_torch" + ("" if g == U.DEFAULT_GRADIENT else f"_{g}")
+    for g, tv in U.TORCH_GLORO.items():
+        key = speedup_key(g)
         paired = r.get("training", {}).get("ratios", {}).get(f"torch_{tv}/gloro_{g}")
         best = training.torch_best(results, cfg, tv)
         if paired:  # the steps alternated: median of the per-round ratios
@@ -91,8 +96,8 @@ def backend_rows(cfg, results):
         for row, k in ((gloro, "jax_over_tf_cpu"), (plain, "jax_over_tf_plain_cpu")):
             row[4] = U.fmt(r[k]) if k in r else ""
         rows += [gloro, plain]
-    for g in (U.DEFAULT_GRADIENT, *(g for g in U.TORCH_GLORO if g != U.DEFAULT_GRADIENT)):
-        key = "speedup_vs_torch" + ("" if g == U.DEFAULT_GRADIENT else f"_{g}")
+    for g in sorted(U.TORCH_GLORO, key=lambda g: g != U.DEFAULT_GRADIENT):  # the default's row first
+        key = speedup_key(g)
         if key in r:
             rows.append(U.value_row(cfg, f"{key}: PyTorch GloRo step ÷ GloRo step, both bound_gradient={g}"
                                     + (" (the default)" if g == U.DEFAULT_GRADIENT else "") + ", float32",

@@ -75,7 +75,7 @@ def framework():
 
 
 Programs = collections.namedtuple(
-    "Programs", "symbol_grams gram_rayleigh top_eigenvalue certify with_factor asarray take concat context")
+    "Programs", "symbol_grams top_eigenvalue certify with_factor asarray take concat context")
 
 
 class _JaxOps:
@@ -157,10 +157,6 @@ def _programs(name=None):
         return g, o.sum(sq(s), (1, 2)), rayleigh(g, v0)
 
     @o.jit
-    def gram_rayleigh(g, v0):
-        return rayleigh(hermitian(g), v0)
-
-    @o.jit
     def top_eigenvalue(g):
         """λ_max of each matrix by the framework's eigensolver: a target for `certify`, not a bound."""
         return real(o.eigvalsh(hermitian(g))[..., -1])
@@ -181,7 +177,7 @@ def _programs(name=None):
         """`with_factor` for the framework's Cholesky factor of t I - g."""
         return with_factor(g, t, o.cholesky(shifted(g, t)[0]))
 
-    return Programs(symbol_grams, gram_rayleigh, top_eigenvalue, certify, with_factor, o.asarray, o.take,
+    return Programs(symbol_grams, top_eigenvalue, certify, with_factor, o.asarray, o.take,
                     o.concat, o.context)
 
 

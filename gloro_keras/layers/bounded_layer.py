@@ -18,7 +18,7 @@ class BoundedLayer(keras.layers.Layer, metaclass=abc.ABCMeta):
     - `converge_iterate(max_iterations, tolerance)`: run the estimate to convergence
       (no gradients) and return it as a float.
     - `sound_bound(on_device=False)`: a guaranteed upper bound (float64) computed from the
-      weights, used to certify (`on_device`: on JAX's default device where the layer can).
+      weights, used to certify (`on_device`: on the GPU of Keras's backend where the layer can).
 
     Subclass this (or `LipschitzLayer`, for a linear map `A(x) + b`) to add a layer type.
     """
@@ -40,7 +40,7 @@ class BoundedLayer(keras.layers.Layer, metaclass=abc.ABCMeta):
     def sound_bound(self, on_device=False):
         """Guaranteed upper bound on the Lipschitz constant (float64), from the weights.
 
-        on_device: compute it on JAX's default device (`gloro_keras.bounds.device`) where the layer
+        on_device: compute it on the default device of Keras's backend (`gloro_keras.bounds.device`) where the layer
         has such a computation (convolutions); others compute on the host either way."""
 
 

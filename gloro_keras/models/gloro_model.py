@@ -568,34 +568,28 @@ class GloroModel(keras.Model):
         bound: "sound" (guaranteed ≥ the true product of spectral norms; cached per weights),
             "power" (power iteration run to convergence), or "current" (stored iterates).
         """
-        if bound not in BOUNDS:
-            raise ValueError(f"bound must be one of {BOUNDS}; got {bound!r}")
-        if bound == "power":
-            return self.converge_bounds()
-        if bound == "current":
-            k = self._plan.constant
-            for layer in self._plan.bounded:
-                k *= float(ops.convert_to_numpy(layer.power_estimate(training=False)))
-            return k
-        return self._sound_product(self._fingerprint())
+        return self._bound_and_fingerprint(bound)[0]
 
     def _bound_and_fingerprint(self, bound):
         """(`lipschitz_bound(bound)`, the weights' fingerprint for "sound", else None): a caller
         that also needs `_layer_value_fn` hashes the weights once."""
-        if bound != "sound":
-            return self.lipschitz_bound(bound), None
+        if bound not in BOUNDS:
+            raise ValueError(f"bound must be one of {BOUNDS}; got {bound!r}")
+        if bound == "power":
+            return self.converge_bounds(), None
+        if bound == "current":
+            k = self._plan.constant
+            for layer in self._plan.bounded:
+                k *= float(ops.convert_to_numpy(layer.power_estimate(training=False)))
+            return k, None
         fingerprint = self._fingerprint()
-        return self._sound_product(fingerprint), fingerprint
-
-    def _sound_product(self, fingerprint):
-        """The sound K of the weights whose `_fingerprint()` is `fingerprint` (cached)."""
         if fingerprint not in self._sound_cache:
             value = self._layer_value_fn("sound", fingerprint)  # per-layer bounds shared with the rounding terms
             k = self._plan.constant * (1.0 + FLOAT64_SAFETY)
             for layer in self._plan.bounded:
                 k *= value(layer)
             self._sound_cache = {fingerprint: k}
-        return self._sound_cache[fingerprint]
+        return self._sound_cache[fingerprint], fingerprint
 
     def margin_bound_matrix(self, bound="sound"):
         """float64 (m, m) matrix K_ij bounding the Lipschitz constant of y_i − y_j."""
