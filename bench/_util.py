@@ -17,9 +17,11 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # this checkout's _gloro_keras_cli and gloro_keras, whatever is installed
-from _gloro_keras_cli import environment_defaults  # noqa: E402
+from _gloro_keras_cli import environment_defaults, host_memory_defaults  # noqa: E402
 
 environment_defaults()  # the console scripts' defaults (oneDNN on), before TensorFlow is imported
+if Path(sys.argv[0]).resolve().parent == REPO / "bench":  # a bench script, not a test importing this
+    host_memory_defaults()  # JAX on a CPU: restart with glibc's huge pages (gloro_keras/train/host_memory.py)
 DATA = REPO.parent / "shared/data/cifar10-jpeg.npz"
 RESULTS = REPO / "bench" / "results"
 
@@ -311,6 +313,7 @@ def environment(tf, keras):
         "keras_backend": keras.backend.backend(),
         "tf_intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
         "tf_inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
+        "GLIBC_TUNABLES": os.environ.get("GLIBC_TUNABLES", ""),  # glibc.malloc.hugetlb=1: JAX on a CPU
         **onednn_state(),
     }
 

@@ -73,7 +73,7 @@ def _say(backend, text):
 def _versions(backend):
     import keras
 
-    out = {"keras": keras.__version__}
+    out = {"keras": keras.__version__, "GLIBC_TUNABLES": os.environ.get("GLIBC_TUNABLES", "")}
     if backend == "jax":
         import jax
 

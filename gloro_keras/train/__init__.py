@@ -17,6 +17,7 @@ from gloro_keras.train.callbacks import (
     VRALogger,
     threatening_classes,
 )
+from gloro_keras.train.host_memory import huge_page_environment
 from gloro_keras.train.optimizers import AdamW, ClipAfterAllReduce
 from gloro_keras.train.presets import PRESETS, get_preset, list_presets
 from gloro_keras.train.schedules import EPSILON_SCHEDULES, EpsilonSchedule, WarmupCosine, paper_epsilon
@@ -38,6 +39,7 @@ __all__ = [
     "WarmupCosine",
     "get_preset",
     "list_presets",
+    "huge_page_environment",
     "paper_epsilon",
     "threatening_classes",
 ]
