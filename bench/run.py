@@ -13,14 +13,15 @@ Sections (each also runs alone, see bench/README.md):
   bench/bound_profile.py  micro-profile of the bound, MAC floor, attainable GFLOP/s
   bench/certification.py  certify ÷ predict, one-time bound costs
   backends                JAX ÷ TensorFlow step (bench/gpu_check.py's child per backend, float32,
-                          one fresh process each, TensorFlow then JAX) for --jax-configs
+                          a fresh process each, --backend-pairs pairs in alternating order:
+                          TensorFlow then JAX, JAX then TensorFlow, ...) for --jax-configs
 
 Machine-readable per config in <name>.json: configs.<cfg>.speedup_vs_torch (PyTorch reference
 GloRo step time ÷ GloRo step time, both with GloroModel's default bound gradient ("last", as the
 authors' code; speedup_vs_torch_full with "full"), float32, faster PyTorch memory format, median of
 the per-round ratios: the PyTorch steps run in a child process and alternate with ours)
-and configs.<cfg>.jax_over_tf (JAX GloRo step time ÷ TensorFlow's; jax_over_tf_cpu the same on
-process CPU time).
+and configs.<cfg>.jax_over_tf (JAX GloRo step time ÷ TensorFlow's, median of the pairs' ratios,
+jax_over_tf_range their min-max; jax_over_tf_cpu the same on process CPU time).
 
 Writes bench/results/<name>.json and <name>.md (name: "latest", or "quick" with --quick).
 Every ratio compares two variants run side by side in ONE process after warm-up, the
@@ -44,13 +45,31 @@ QUICK = {"configs": "L6W64", **training.QUICK, **bound_profile.QUICK, **certific
 
 
 def run_backends(cfg, args, log):
-    """GloRo and plain float32 steps on TensorFlow, then on JAX, each in a fresh process."""
+    """GloRo and plain float32 steps of each backend in fresh processes: `args.backend_pairs` pairs
+    of processes run back to back, TensorFlow first in the first pair, JAX first in the second, and
+    so on, so that neither backend always runs on a host that has warmed up or slowed down."""
     opts = argparse.Namespace(rounds=max(3, args.repeats), steps=args.steps, timeout=3600)
-    out = {}
-    for backend in ("tensorflow", "jax"):
-        out[backend] = gpu_check.run_child(backend, cfg, opts, dtypes="float32")
-        v = out[backend].get("variants", {}).get("gloro_float32")
-        log(f"  {backend}: " + (f"GloRo {v['images_per_s']:.0f} img/s" if v else out[backend].get("error", "")[-300:]))
+    pairs = []
+    for i in range(args.backend_pairs):
+        pair = {}
+        for backend in ("tensorflow", "jax")[::1 if i % 2 == 0 else -1]:
+            pair[backend] = gpu_check.run_child(backend, cfg, opts, dtypes="float32")
+            v = pair[backend].get("variants", {}).get("gloro_float32")
+            log(f"  {backend}: " + (f"GloRo {v['images_per_s']:.0f} img/s" if v else pair[backend].get("error", "")[-300:]))
+        pairs.append(pair)
+    return {"pairs": pairs}
+
+
+def backend_ratios(backends, variant, key="step_s"):
+    """JAX ÷ TensorFlow of `variant`'s median `key` (per-round seconds per step), one ratio per
+    pair of processes (`run_backends`; a result without pairs is one pair); [] when not measured."""
+    import statistics
+
+    out = []
+    for pair in backends.get("pairs") or [backends]:
+        jax, tf = (pair.get(k, {}).get("variants", {}).get(variant, {}).get(key) for k in ("jax", "tensorflow"))
+        if jax and tf:
+            out.append(statistics.median(jax) / statistics.median(tf))
     return out
 
 
@@ -74,28 +93,35 @@ def machine_readable(cfg, r, results):
         elif best and f"gloro_{g}" in v:
             r[key] = v[f"gloro_{g}"]["images_per_s"] / best[1][tv]["images_per_s"]
     b = r.get("backends", {})
-    steps = {k: b.get(k, {}).get("variants", {}).get("gloro_float32", {}).get("step_s") for k in ("tensorflow", "jax")}
-    if all(steps.values()):
-        def ratio(variant, key="step_s"):  # JAX ÷ TensorFlow, medians of the rounds
-            jax, tf = (b[k]["variants"][variant].get(key) for k in ("jax", "tensorflow"))
-            return statistics.median(jax) / statistics.median(tf) if jax and tf else None
+    for name, variant, key in (("jax_over_tf", "gloro_float32", "step_s"), ("jax_over_tf_plain", "plain_float32", "step_s"),
+                               ("jax_over_tf_cpu", "gloro_float32", "cpu_s"),
+                               ("jax_over_tf_plain_cpu", "plain_float32", "cpu_s")):
+        ratios = backend_ratios(b, variant, key)
+        if ratios:
+            r[name] = statistics.median(ratios)
+            r[name + "_range"] = [min(ratios), max(ratios)]
 
-        r["jax_over_tf"], r["jax_over_tf_plain"] = ratio("gloro_float32"), ratio("plain_float32")
-        cpu = {"jax_over_tf_cpu": ratio("gloro_float32", "cpu_s"), "jax_over_tf_plain_cpu": ratio("plain_float32", "cpu_s")}
-        r.update({k: v for k, v in cpu.items() if v is not None})
+
+def _range(lo_hi):
+    """" [min–max]" of more than one ratio, else ""."""
+    return f" [{U.fmt(lo_hi[0])}–{U.fmt(lo_hi[1])}]" if lo_hi and lo_hi[0] != lo_hi[1] else ""
 
 
 def backend_rows(cfg, results):
     r = results["configs"].get(cfg, {})
     rows = []
     if "jax_over_tf" in r:
-        # CPU time (all threads) is the robust figure here: the two processes run minutes apart
-        gloro = U.value_row(cfg, "GloRo step JAX ÷ TensorFlow (float32, fresh process each)", r["jax_over_tf"],
+        # CPU time (all threads) is the robust figure here: each pair's two processes run a minute apart
+        n = len(backend_ratios(r.get("backends", {}), "gloro_float32"))
+        gloro = U.value_row(cfg, f"GloRo step JAX ÷ TensorFlow (float32, fresh processes, {n} pair{'s' * (n > 1)})",
+                            r["jax_over_tf"],
                             key="jax_over_tf", fastest_value=r.get("jax_over_tf_cpu"))
-        plain = U.value_row(cfg, "plain step JAX ÷ TensorFlow (float32)", r["jax_over_tf_plain"])
-        for row, k in ((gloro, "jax_over_tf_cpu"), (plain, "jax_over_tf_plain_cpu")):
-            row[4] = U.fmt(r[k]) if k in r else ""
-        rows += [gloro, plain]
+        rows.append(gloro)
+        if "jax_over_tf_plain" in r:
+            rows.append(U.value_row(cfg, "plain step JAX ÷ TensorFlow (float32)", r["jax_over_tf_plain"]))
+        for row, k in zip(rows, ("jax_over_tf", "jax_over_tf_plain")):
+            row[2] += _range(r.get(k + "_range"))
+            row[4] = U.fmt(r[k + "_cpu"]) + _range(r.get(k + "_cpu_range")) if k + "_cpu" in r else ""
     for g in sorted(U.TORCH_GLORO, key=lambda g: g != U.DEFAULT_GRADIENT):  # the default's row first
         key = speedup_key(g)
         if key in r:
@@ -115,6 +141,9 @@ def main(argv=None):
     ap.add_argument("--no-profile", action="store_true")
     ap.add_argument("--no-peak", action="store_true", help="skip the attainable-GFLOP/s kernels")
     ap.add_argument("--jax-configs", default="L6W64", help="configs whose JAX ÷ TensorFlow step is timed ('none')")
+    ap.add_argument("--backend-pairs", type=int, default=2,
+                    help="pairs of fresh TensorFlow and JAX processes per --jax-configs config, alternating "
+                         "which runs first (default %(default)s)")
     args = U.parse_args(ap, argv, QUICK)
     name = args.name or ("quick" if args.quick else "latest")
     configs = U.config_list(args)

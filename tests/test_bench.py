@@ -193,6 +193,30 @@ def test_jax_over_tf_is_reported_on_wall_and_cpu_time():
     assert "jax_over_tf_cpu" not in r and run.backend_rows("L6W64", results)[0][4] == ""
 
 
+def test_jax_over_tf_is_the_median_of_pairs_of_processes_in_alternating_order(monkeypatch):
+    import argparse
+
+    import run
+
+    def child(step):
+        return {"variants": {"gloro_float32": {"step_s": [step, step * 2, step], "cpu_s": [2 * step] * 3,
+                                               "images_per_s": 256 / step}}}
+
+    launched = []
+    steps = {"tensorflow": iter([0.5, 0.4, 0.5]), "jax": iter([0.6, 0.6, 0.55])}
+    monkeypatch.setattr(run.gpu_check, "run_child",
+                        lambda backend, cfg, opts, dtypes: launched.append(backend) or child(next(steps[backend])))
+    b = run.run_backends("L6W64", argparse.Namespace(repeats=3, steps=1, backend_pairs=3), lambda s: None)
+    assert launched == ["tensorflow", "jax", "jax", "tensorflow", "tensorflow", "jax"]
+    results = {"configs": {"L6W64": {"backends": b}}}
+    r = results["configs"]["L6W64"]
+    run.machine_readable("L6W64", r, results)
+    assert r["jax_over_tf"] == pytest.approx(1.2)  # pairs: 0.6 / 0.5, 0.6 / 0.4, 0.55 / 0.5
+    assert r["jax_over_tf_range"] == pytest.approx([1.1, 1.5]) and r["jax_over_tf_cpu"] == pytest.approx(1.2)
+    gloro = run.backend_rows("L6W64", results)[0]
+    assert "3 pairs" in gloro[1] and gloro[2] == "1.200 [1.100–1.500]" and gloro[4] == "1.200 [1.100–1.500]"
+
+
 def test_jax_profile_reads_thunks_and_their_layers(tmp_path):
     import gzip
 
