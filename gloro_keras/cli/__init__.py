@@ -7,6 +7,7 @@
 
 Nothing is imported here, so `--help` only loads the script it runs. The installed console
 scripts start one level up, in `_gloro_keras_cli` (outside the package): it sets TensorFlow's
-environment defaults (`TF_ENABLE_ONEDNN_OPTS=1`) before TensorFlow is imported and answers
-`gloro-train --list_presets` without importing it; `python -m` skips both.
+environment defaults (`TF_ENABLE_ONEDNN_OPTS=1`) before TensorFlow is imported, restarts JAX-on-CPU
+runs with glibc's huge pages (`gloro_keras.train.host_memory`) and answers
+`gloro-train --list_presets` without importing TensorFlow; `python -m` skips all three.
 """
