@@ -59,11 +59,6 @@ def _load_train_module(name):
     return module
 
 
-def _load_presets():
-    """`gloro_keras.train.presets`, loaded from its file."""
-    return _load_train_module("presets")
-
-
 def host_memory_defaults(environ=None, execv=os.execv):
     """Restart this process with `gloro_keras.train.host_memory.huge_page_environment()` added to
     its environment when that is not empty (JAX on a CPU); return otherwise. Call it before
@@ -82,7 +77,7 @@ def _run(module_name, argv=None):
     argv = list(sys.argv if argv is None else argv)
     environment_defaults()
     if module_name == "gloro_keras.cli.train" and _asks_for_presets(argv):
-        presets = _load_presets()
+        presets = _load_train_module("presets")
         if presets is not None:
             print(presets.format_presets())
             raise SystemExit(0)

@@ -38,8 +38,8 @@ __all__ = [
     "VRALogger",
     "WarmupCosine",
     "get_preset",
-    "list_presets",
     "huge_page_environment",
+    "list_presets",
     "paper_epsilon",
     "threatening_classes",
 ]
