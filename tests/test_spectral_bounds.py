@@ -496,3 +496,87 @@ def test_threads_form_gram_matrices_without_holding_the_gil(monkeypatch):
             return conv2d_spectral_bound(kernel, (8, 8), padding=pad2(1), method="torus")
 
     assert sound_bounds([Layer(), Layer()], workers=2, on_device=False) == pytest.approx([alone] * 2, rel=1e-14)
+
+
+# --------------------------------------------------------------------------------------------
+# the explicit method's Cholesky certificate (orders >= S._CHOLESKY_MIN_DIM)
+# --------------------------------------------------------------------------------------------
+
+STEM = ((5, 5, 3, 16), (16, 16), (2, 2), pad2(2))  # a strided stem: input side of order 768
+
+
+def _stem_kernels(rng):
+    q = np.linalg.qr(rng.standard_normal((75, 75)))[0][:, :16].reshape(5, 5, 3, 16)
+    return {
+        "random": rng.standard_normal(STEM[0]),
+        "orthonormal columns (clustered spectrum)": q,
+        "rank 1": np.einsum("abc,o->abco", rng.standard_normal((5, 5, 3)), rng.standard_normal(16)),
+    }
+
+
+@pytest.mark.parametrize("name", ["random", "orthonormal columns (clustered spectrum)", "rank 1"])
+def test_explicit_bound_by_cholesky_is_sound_and_as_tight_as_eigvalsh(name, monkeypatch):
+    """The stem's exact norm (the explicit method) certified by one Cholesky factorization at a
+    Lanczos target: above the exact norm (SVD of the operator matrix), within 6e-6 of it (the
+    target's margin: 1e-5 in lambda) and of the eigvalsh value the smaller orders keep."""
+    kernel = _stem_kernels(np.random.default_rng(21))[name]
+    _, size, strides, padding = STEM
+    assert min(size[0] * size[1] * 3, 8 * 8 * 16) >= S._CHOLESKY_MIN_DIM
+    exact = exact_norm(kernel, size, strides, padding)
+    calls = []
+    real = S.cholesky_lambda_max
+    monkeypatch.setattr(S, "cholesky_lambda_max", lambda g, t: calls.append(t) or real(g, t))
+    by_cholesky = conv2d_spectral_bound(kernel, size, strides, padding)
+    assert calls, "the Cholesky certificate did not run"
+    monkeypatch.setattr(S, "_CHOLESKY_MIN_DIM", 10 ** 9)
+    by_eigvalsh = conv2d_spectral_bound(kernel, size, strides, padding)
+    check_sound(by_cholesky, exact)
+    assert by_cholesky <= exact * (1 + 6e-6), by_cholesky / exact
+    assert by_cholesky == pytest.approx(by_eigvalsh, rel=6e-6)
+
+
+def test_cholesky_certificate_needs_a_target_above_lambda_max():
+    """`cholesky_lambda_max` proves nothing below the top eigenvalue (the factorization fails),
+    nor exactly at it (a zero pivot); just above it, it returns a bound within 1e-7 of it."""
+    rng = np.random.default_rng(22)
+    a = rng.standard_normal((700, 600))
+    g = a.T @ a
+    lam = float(np.linalg.eigvalsh(g)[-1])
+    assert S.cholesky_lambda_max(g, lam * (1 - 1e-6)) is None
+    assert S.cholesky_lambda_max(g, 0.0) is None
+    up = S.cholesky_lambda_max(g, lam * (1 + 1e-8))
+    assert up is not None and lam <= up <= lam * (1 + 1e-7)
+    eye = 3.0 * np.eye(600)  # lambda_max exactly at t: B is the zero matrix
+    assert S.cholesky_lambda_max(eye, 3.0) is None
+    assert 3.0 <= S.cholesky_lambda_max(eye, 3.0 * (1 + 1e-12)) <= 3.0 * (1 + 1e-9)
+    low = np.tril(g)  # only one triangle is read, and the bound holds for the matrix with either
+    skew = low + np.triu(g, 1) * (1 + 1e-9 * rng.standard_normal(g.shape))
+    up = S.cholesky_lambda_max(skew, lam * (1 + 1e-7))
+    for sym in (np.tril(skew) + np.tril(skew, -1).T, np.triu(skew) + np.triu(skew, 1).T):
+        assert up >= float(np.linalg.eigvalsh(sym)[-1])
+
+
+def test_failed_cholesky_targets_fall_back_to_eigvalsh(monkeypatch):
+    """A Lanczos target below the top eigenvalue (here: forced to half of it) fails at every
+    margin; the bound is then eigvalsh's, as sound as ever."""
+    kernel = _stem_kernels(np.random.default_rng(23))["random"]
+    _, size, strides, padding = STEM
+    exact = exact_norm(kernel, size, strides, padding)
+    attempts = []
+    real = S.lanczos_top
+    monkeypatch.setattr(S, "lanczos_top", lambda g, steps: attempts.append(steps) or 0.5 * real(g, steps))
+    bound = conv2d_spectral_bound(kernel, size, strides, padding)
+    assert attempts == [S._LANCZOS_STEPS]
+    check_sound(bound, exact)
+    monkeypatch.setattr(S, "_CHOLESKY_MIN_DIM", 10 ** 9)
+    assert bound == conv2d_spectral_bound(kernel, size, strides, padding)
+
+
+def test_lanczos_target_is_below_and_near_the_top_eigenvalue():
+    rng = np.random.default_rng(24)
+    a = rng.standard_normal((900, 800))
+    g = a.T @ a
+    lam = float(np.linalg.eigvalsh(g)[-1])
+    theta = S.lanczos_top(g, 60)
+    assert lam * (1 - 1e-6) <= theta <= lam * (1 + 1e-12)
+    assert S.lanczos_top(np.diag([1.0, 2.0, 5.0]), 10) == pytest.approx(5.0, rel=1e-14)  # steps > order

@@ -35,7 +35,7 @@ def sound_bounds(layers, workers=None, on_device="auto"):
     zherk would serialize the threads: on 16 host threads the layers took 0.26 of their sequential
     time at L18W256, about what zherk's share of the work allows). The values are the sequential
     ones up to the rounding of those products and, with more BLAS threads, of the stem's one large
-    eigenproblem (equal at L6W128 here; 1e-15 relative at most seen): all sound. Used before every
+    factorization (equal at L6W128 here; 1e-15 relative at most seen): all sound. Used before every
     validation inside `fit` (`ConvergeBounds`), which waits for it.
     """
     layers = list(layers)

@@ -40,8 +40,12 @@ output length ``n_out = floor((n + p0 + p1 - k) / s) + 1``.
 Small operators (method ``"explicit"``, chosen by ``"auto"`` when the smaller of
 ``H*W*cin`` and ``Ho*Wo*cout`` is at most ``_EXPLICIT_MAX_DIM``, e.g. the 32x32x3 stem): the
 Gram matrix ``A^T A`` or ``A A^T`` is assembled from per-position kernel blocks and its top
-eigenvalue taken with the same round-off analysis as a dense layer.  This is the exact norm
-(+ margin), where the torus bound can be several percent loose on tiny images.
+eigenvalue bounded with the same round-off analysis as a dense layer.  This is the exact norm
+(+ margin), where the torus bound can be several percent loose on tiny images.  From order
+``_CHOLESKY_MIN_DIM`` up, the top eigenvalue is not computed but certified: a Lanczos estimate
+``theta`` sets ``t = theta (1 + 1e-8)`` (else ``1 + 1e-5``) and one Cholesky factorization of
+``t I - G`` proves ``lambda_max(G) <= t`` up to its rounding (``cholesky_lambda_max``): about
+half of ``eigvalsh``'s time at the stem's order 3072.
 
 Dense layers (``dense_spectral_bound``): Gram matrix of the smaller side + ``eigvalsh``,
 inflated by an explicit bound on the rounding of the Gram product and of the eigensolver.
@@ -89,6 +93,18 @@ _REL_SLACK = 1e-8
 _EXPLICIT_MAX_DIM = 3072
 
 _EFFORTS = ("low", "medium", "high")
+
+# Explicit Gram matrices of at least this order have their top eigenvalue certified by a Cholesky
+# factorization at a Lanczos target (`_certified_lambda_max`) instead of computed by eigvalsh
+# (order 3072, one core: 150 Lanczos steps 0.45 s + a factorization 0.37 s against 2.0 s).
+_CHOLESKY_MIN_DIM = 512
+# Lanczos steps for the target, and the relative margins of t over the Ritz value tried in turn
+# (then eigvalsh). The stems of five L6W64 / L6W128 models after 3-23 training steps: top two
+# eigenvalues 2e-3 to 2e-6 apart (a conv's spectrum comes in near pairs); the Ritz value after 60
+# steps up to 3.7e-4 below the top one, after 150 within 2e-9 in four, 2.9e-6 in the fifth (stuck
+# at the second of a pair that close). A margin costs at most that much tightness.
+_LANCZOS_STEPS = 150
+_CHOLESKY_MARGINS = (1e-8, 1e-5)
 
 _THREAD = threading.local()
 
@@ -444,7 +460,8 @@ def conv2d_spectral_bound(
         return _round_up((torus_sigma(kp, n1, n2, effort) + 2.0 * _symbol_abs_err(kp)) / scale)
     # many small LAPACK calls: one BLAS thread each is faster than an oversubscribed pool (L6W128
     # block, 2 cores: 0.28-0.49 s with one thread, 0.74-1.36 s with two); the explicit method's
-    # single large eigenproblem keeps every thread (stem: 1.15 s with two, 2.09 s with one)
+    # single large factorization keeps every thread (stem, order 3072: 0.44-0.70 s with two, 0.90
+    # with one; by eigvalsh 1.18 / 2.0 s)
     with threadpool_limits(limits=1, user_api="blas"):
         sigma = _torus_bound(kp, n1, n2, effort)
     # sigma bounds sigma_max of the *computed* symbols up to the rounding of the final sqrt
@@ -512,7 +529,82 @@ def explicit_gram(kernel, size, strides, padding):
 def _explicit_bound(kernel, size, strides, padding):
     scale = _pow2_scale(kernel)
     g, contraction = explicit_gram(kernel * scale, size, strides, padding)
-    return _round_up(_gram_to_bound(g, contraction) / scale)
+    return _round_up(_gram_to_bound(g, contraction, _certified_lambda_max(g)) / scale)
+
+
+def lanczos_top(g, steps):
+    """Largest Ritz value of the symmetric ``g`` (as stored) after ``steps`` Lanczos steps with
+    full reorthogonalization, from a fixed start vector.
+    At most lambda_max(g) in exact arithmetic and close to it: a *target* for
+    `cholesky_lambda_max`, never a bound."""
+    n = g.shape[0]
+    steps = max(1, min(int(steps), n))
+    q = np.random.default_rng(0).standard_normal(n)
+    basis = np.empty((steps + 1, n))
+    basis[0] = q / np.linalg.norm(q)
+    alpha, beta = np.zeros(steps), np.zeros(steps)
+    for j in range(steps):
+        w = g @ basis[j]
+        alpha[j] = basis[j] @ w
+        for _ in range(2):  # classical Gram-Schmidt, twice
+            w -= basis[:j + 1].T @ (basis[:j + 1] @ w)
+        beta[j] = np.linalg.norm(w)
+        if not beta[j] > 1e-12 * max(abs(alpha[j]), 1e-300):  # an invariant subspace: exact Ritz values
+            steps = j + 1
+            break
+        basis[j + 1] = w / beta[j]
+    tri = np.diag(alpha[:steps]) + np.diag(beta[:steps - 1], 1) + np.diag(beta[:steps - 1], -1)
+    return float(np.linalg.eigvalsh(tri)[-1])
+
+
+def cholesky_lambda_max(g, t):
+    """A float64 upper bound on lambda_max of the symmetric matrix with ``g``'s lower (or upper)
+    triangle, proved by LAPACK's Cholesky factorization of ``B = fl(t I - g)``; None if it fails (``t`` below
+    lambda_max, or too close).
+
+    If the factorization completes, its computed factor satisfies ``L L^T = B + dB`` with
+    ``|dB| <= gamma |L| |L|^T`` for any order of the inner products (Higham, *Accuracy and
+    Stability of Numerical Algorithms*, Thm 10.3: ``gamma_{n+1}``; we take ``gamma = 4 (n + 2) u /
+    (1 - 4 (n + 2) u)``, which also covers a division done as a multiplication by a rounded
+    reciprocal). So ``lambda_min(B) >= -gamma ||L||_F^2 >= -gamma trace(B) / (1 - gamma)``, and B
+    differs from ``t I - g`` only on the diagonal, by at most ``u max|b_ii|``:
+    ``lambda_max(g) <= t + gamma trace|B| / (1 - gamma) + u max|b_ii|`` (times 1 + 1e-6 for the
+    rounding of the trace and this formula). At order 3072 the terms add ~1e-9 t."""
+    g = np.asarray(g, dtype=np.float64)
+    n = g.shape[0]
+    t = float(t)
+    # LAPACK reads one triangle of b (numpy's: the lower); either is -g's there, and the Gram
+    # rounding analysis (`_gram_to_bound`) holds entry by entry, so for either symmetric matrix
+    b = np.negative(g)
+    diag = t - np.diagonal(g)
+    b[np.diag_indices(n)] = diag
+    try:
+        factor = np.linalg.cholesky(b)
+    except np.linalg.LinAlgError:
+        return None
+    if not np.all(np.isfinite(np.diagonal(factor))):
+        return None
+    gamma = 4.0 * (n + 2) * _U / (1.0 - 4.0 * (n + 2) * _U)
+    absd = np.abs(diag)
+    up = t + (gamma / (1.0 - gamma) * float(np.sum(absd)) + _U * float(np.max(absd))) * (1.0 + 1e-6)
+    return _round_up(up * (1.0 + 4 * _U))
+
+
+def _certified_lambda_max(g):
+    """An upper bound on lambda_max(g) by `cholesky_lambda_max` at targets ``theta (1 + margin)``
+    (`lanczos_top`'s theta, `_CHOLESKY_MARGINS` in turn), for orders from `_CHOLESKY_MIN_DIM`;
+    None (the caller's eigvalsh) below that or if every target fails. At most 1e-8 looser (relative,
+    in lambda) than the top eigenvalue where the Ritz value converged, 1e-5 where not."""
+    if g.shape[0] < _CHOLESKY_MIN_DIM:
+        return None
+    theta = lanczos_top(g, _LANCZOS_STEPS)
+    if not (math.isfinite(theta) and theta > 0):
+        return None
+    for margin in _CHOLESKY_MARGINS:
+        lam = cholesky_lambda_max(g, theta * (1.0 + margin))
+        if lam is not None:
+            return lam
+    return None
 
 
 def _gram_to_bound(g, contraction, lam_max=None):
