@@ -10,8 +10,10 @@ random images, so its weights have left the initializer): in alternating rounds,
 reach (eigvalsh, as before), (1) the stem's sound bound alone on one BLAS thread and (2) all the
 layers' sound bounds as `ConvergeBounds` computes them before each validation
 (`bounds.sound_bounds` on the host: one thread per layer); the values' largest relative difference
-and the stem Gram matrix's top eigenvalues' spacing. Prints one line per config; `--log` appends
-them to a file.
+and the stem Gram matrix's top eigenvalues' spacing. With `--device`, also (3) the stem's bound
+by `bounds.device` (`on_device=True`, in Keras's backend's framework, on its default device: a
+GPU where there is one; the target by the device's Lanczos against its eigensolver). Prints one
+line per config; `--log` appends them to a file.
 """
 import argparse
 import statistics
@@ -22,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _util as U  # noqa: E402
 
 
-def measure(config, rounds, steps):
+def measure(config, rounds, steps, on_device=False):
     import numpy as np
     from keras import ops
     from threadpoolctl import threadpool_limits
@@ -43,7 +45,8 @@ def measure(config, rounds, steps):
     gram, _ = sp.explicit_gram(kernel * scale, stem.input_hw, stem.strides, stem.pads)
     top = np.linalg.eigvalsh(gram)[-2:]
     modes = {"cholesky": sp._CHOLESKY_MIN_DIM, "eigvalsh": 10 ** 12}
-    times = {m: {"stem": [], "all": []} for m in modes}
+    parts = ("stem", "all", "device") if on_device else ("stem", "all")
+    times = {m: {k: [] for k in parts} for m in modes}
     values = {}
     try:
         for r in range(rounds):
@@ -54,9 +57,13 @@ def measure(config, rounds, steps):
                 times[mode]["stem"].append(t)
                 t, values[mode] = U.timed(lambda: sound_bounds(layers, on_device=False))
                 times[mode]["all"].append(t)
+                if on_device:
+                    t, dev = U.timed(lambda: stem.sound_bound(on_device=True))
+                    times[mode]["device"].append(t)
+                    values[mode + "_device"] = [dev]
     finally:
         sp._CHOLESKY_MIN_DIM = modes["cholesky"]
-    ratio = {k: statistics.median(c / e for c, e in zip(times["cholesky"][k], times["eigvalsh"][k])) for k in ("stem", "all")}
+    ratio = {k: statistics.median(c / e for c, e in zip(times["cholesky"][k], times["eigvalsh"][k])) for k in parts}
     worst = max(abs(a / b - 1.0) for a, b in zip(values["cholesky"], values["eigvalsh"]))
     med = {m: {k: statistics.median(v) for k, v in times[m].items()} for m in modes}
     line = (f"{config} (stem Gram order {gram.shape[0]}, top two eigenvalues {1 - top[0] / top[1]:.1e} apart): "
@@ -64,6 +71,15 @@ def measure(config, rounds, steps):
             f"eigvalsh ({ratio['stem']:.2f}); all layers' sound bounds in threads {med['cholesky']['all']:.2f} against "
             f"{med['eigvalsh']['all']:.2f} s ({ratio['all']:.2f}); medians of {rounds} alternating rounds; values' "
             f"largest relative difference {worst:.1e}")
+    if on_device:
+        import keras
+
+        from gloro_keras.bounds.device import framework
+
+        dev_worst = abs(values["cholesky_device"][0] / values["eigvalsh_device"][0] - 1.0)
+        line += (f"; the stem by bounds.device ({framework()}, {keras.backend.backend()} backend's default device) "
+                 f"{med['cholesky']['device']:.2f} s with the Lanczos target, {med['eigvalsh']['device']:.2f} s with "
+                 f"the eigensolver's ({ratio['device']:.2f}), values {dev_worst:.1e} apart")
     print(line, flush=True)
     return line
 
@@ -73,9 +89,10 @@ def main(argv=None):
     ap.add_argument("--configs", default="L6W64,L6W128")
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--steps", type=int, default=3, help="training steps before the bounds")
+    ap.add_argument("--device", action="store_true", help="also the stem's bound by bounds.device")
     ap.add_argument("--log", default=None, help="append the lines to this file")
     args = ap.parse_args(argv)
-    lines = [measure(c, args.rounds, args.steps) for c in args.configs.split(",")]
+    lines = [measure(c, args.rounds, args.steps, args.device) for c in args.configs.split(",")]
     if args.log:
         with open(args.log, "a") as f:
             f.write("\n".join(lines) + "\n")

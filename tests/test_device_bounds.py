@@ -197,3 +197,35 @@ def test_device_bound_refuses_what_the_host_refuses():
     # a single polyphase tap is a small dense bound, computed on the host either way
     assert conv2d_spectral_bound(kernel, (6, 6), (3, 3), on_device=True) == conv2d_spectral_bound(kernel, (6, 6), (3, 3))
     assert S._EXPLICIT_MAX_DIM >= 3072
+
+
+def test_device_lanczos_target_matches_the_hosts(framework):
+    """The device's Lanczos (the explicit Gram matrix's target from order 512) gives the host's
+    Ritz value: below the top eigenvalue and within 1e-6 of it here."""
+    rng = np.random.default_rng(31)
+    a = rng.standard_normal((700, 600))
+    g = a.T @ a
+    lam = float(np.linalg.eigvalsh(g)[-1])
+    prog = device._programs(framework)
+    v0 = np.zeros((61, 600))
+    v0[0] = np.random.default_rng(0).standard_normal(600)
+    with prog.context():
+        theta = float(np.asarray(prog.lanczos_top(prog.asarray(g), prog.asarray(v0))))
+    assert theta == pytest.approx(S.lanczos_top(g, 60), rel=1e-10)
+    assert lam * (1 - 1e-6) <= theta <= lam * (1 + 1e-12)
+
+
+def test_device_explicit_bound_of_a_stem_certifies_at_the_lanczos_target(monkeypatch, framework):
+    """A strided stem's explicit Gram matrix (order 768) on the device: certified at the Lanczos
+    target, no eigensolver call; sound against the SVD and within 6e-6 of the host's bound."""
+    from tests.test_spectral_bounds import STEM, _stem_kernels
+
+    _, size, strides, padding = STEM
+    prog = device._programs(framework)
+    monkeypatch.setattr(device, "_programs", lambda: prog._replace(top_eigenvalue=None))  # must not be needed
+    for name, kernel in _stem_kernels(np.random.default_rng(32)).items():
+        exact = exact_norm(kernel, size, strides, padding)
+        dev = conv2d_spectral_bound(kernel, size, strides, padding, on_device=True)
+        host = conv2d_spectral_bound(kernel, size, strides, padding)
+        check_sound(dev, exact)
+        assert dev == pytest.approx(host, rel=6e-6), name

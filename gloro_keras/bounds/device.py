@@ -75,7 +75,7 @@ def framework():
 
 
 Programs = collections.namedtuple(
-    "Programs", "symbol_grams top_eigenvalue certify with_factor asarray take concat context")
+    "Programs", "symbol_grams top_eigenvalue lanczos_top certify with_factor asarray take concat context")
 
 
 class _JaxOps:
@@ -96,6 +96,9 @@ class _JaxOps:
         self.isfinite, self.is_complex = jnp.isfinite, jnp.iscomplexobj
         self.cholesky = lambda b: jnp.linalg.cholesky(b, symmetrize_input=False)
         self.eigvalsh = jnp.linalg.eigvalsh
+        self.fori_loop = jax.lax.fori_loop
+        self.row = lambda x, i: x[i]
+        self.set_row = lambda x, i, v: x.at[i].set(v)
 
 
 class _TensorFlowOps:
@@ -113,6 +116,10 @@ class _TensorFlowOps:
         self.isfinite = lambda x: (tf.math.is_finite(tf.math.real(x)) & tf.math.is_finite(tf.math.imag(x))
                                    if x.dtype.is_complex else tf.math.is_finite(x))
         self.cholesky, self.eigvalsh = tf.linalg.cholesky, tf.linalg.eigvalsh
+        self.fori_loop = lambda lo, hi, body, init: tf.while_loop(
+            lambda i, _: i < hi, lambda i, state: (i + 1, body(i, state)), (tf.constant(lo), init))[1]
+        self.row = tf.gather
+        self.set_row = lambda x, i, v: tf.tensor_scatter_nd_update(x, tf.reshape(i, (1, 1)), v[None])
 
 
 @functools.lru_cache(maxsize=None)
@@ -162,6 +169,35 @@ def _programs(name=None):
         return real(o.eigvalsh(hermitian(g))[..., -1])
 
     @o.jit
+    def lanczos_top(g, v0):
+        """`spectral.lanczos_top` on the device: the largest Ritz value of the real symmetric g
+        after len(v0) - 1 Lanczos steps from v0 (full reorthogonalization; a target, not a bound)."""
+        steps = v0.shape[0] - 1
+        basis = xp.zeros((steps + 1, v0.shape[1]), dtype=g.dtype)
+        basis = o.set_row(basis, 0, v0[0] / xp.sqrt(o.sum(v0[0] * v0[0], -1)))
+        coef = xp.zeros((2, steps), dtype=g.dtype)  # the tridiagonal's diagonal and off-diagonal
+
+        def step(j, state):
+            basis, coef = state
+            q = o.row(basis, j)
+            w = xp.matmul(g, q[:, None])[:, 0]
+            a = o.sum(q * w, -1)
+            for _ in range(2):  # classical Gram-Schmidt, twice; rows past j are still zero
+                w = w - xp.matmul(o.mT(basis), xp.matmul(basis, w[:, None]))[:, 0]
+            b = xp.sqrt(o.sum(w * w, -1))
+            alive = b > 1e-12 * xp.abs(a)  # else an invariant subspace: the Ritz values are exact
+            basis = o.set_row(basis, j + 1, xp.where(alive, w / xp.where(alive, b, 1.0), 0.0 * w))
+            coef = o.set_row(coef, 0, o.set_row(o.row(coef, 0), j, a))
+            coef = o.set_row(coef, 1, o.set_row(o.row(coef, 1), j, xp.where(alive, b, 0.0 * b)))
+            return basis, coef
+
+        _, coef = o.fori_loop(0, steps, step, (basis, coef))
+        diag, off = o.row(coef, 0), o.row(coef, 1)  # the band's last row is zero: off[-1] unused
+        band = xp.eye(steps, steps, 1, dtype=g.dtype)
+        tri = diag[:, None] * xp.eye(steps, dtype=g.dtype) + off[:, None] * band + o.mT(off[:, None] * band)
+        return o.eigvalsh(tri)[-1]
+
+    @o.jit
     def with_factor(g, t, r):
         """ε with λ_max(g) ≤ t + ε for *any* n×n matrix r (module docstring); inf if not finite."""
         n = g.shape[-1]
@@ -177,7 +213,7 @@ def _programs(name=None):
         """`with_factor` for the framework's Cholesky factor of t I - g."""
         return with_factor(g, t, o.cholesky(shifted(g, t)[0]))
 
-    return Programs(symbol_grams, top_eigenvalue, certify, with_factor, o.asarray, o.take,
+    return Programs(symbol_grams, top_eigenvalue, lanczos_top, certify, with_factor, o.asarray, o.take,
                     o.concat, o.context)
 
 
@@ -281,14 +317,31 @@ def torus_sigma(kp, n1, n2, effort):
     return sigma * (1.0 + 4 * _U)  # the sqrt's rounding
 
 
+def _explicit_target(g, g_dev, programs):
+    """Device certificates of the explicit Gram matrix ``g`` (on the device as ``g_dev``, shape
+    (1, n, n)) at targets ``θ(1 + margin)`` (θ from the device's Lanczos, `spectral`'s margins in
+    turn) from order `spectral._CHOLESKY_MIN_DIM`, where an eigensolver's O(n³) reduction is the
+    slow part; below it, or if they fail, at the device eigensolver's target. inf if all fail."""
+    if g.shape[0] >= sp._CHOLESKY_MIN_DIM:
+        v0 = np.zeros((min(sp._LANCZOS_STEPS, g.shape[0]) + 1, g.shape[0]))
+        v0[0] = np.random.default_rng(0).standard_normal(g.shape[0])
+        theta = float(np.asarray(programs.lanczos_top(g_dev[0], programs.asarray(v0))))
+        if math.isfinite(theta) and theta > 0:
+            for margin in sp._CHOLESKY_MARGINS:
+                lam = float(_certify_at(g_dev, theta * (1.0 + margin), programs)[0])
+                if math.isfinite(lam):
+                    return lam
+    return float(_certified(g_dev, _target(g_dev, programs), programs)[0])
+
+
 def explicit_bound(kernel, size, strides, padding):
     """`spectral._explicit_bound` with the explicit Gram matrix's top eigenvalue certified on the
-    device (`spectral.explicit_gram` assembles it on the host); eigvalsh on the host where the
-    certificate fails."""
+    device (`spectral.explicit_gram` assembles it on the host; `_explicit_target`); eigvalsh on
+    the host where the certificate fails."""
     programs = _programs()
     scale = sp._pow2_scale(kernel)
     g, contraction = sp.explicit_gram(kernel * scale, size, strides, padding)
     with programs.context():
         g_dev = programs.asarray(g[None])
-        lam = float(_certified(g_dev, _target(g_dev, programs), programs)[0])
+        lam = _explicit_target(g, g_dev, programs)
     return sp._round_up(sp._gram_to_bound(g, contraction, lam if math.isfinite(lam) else None) / scale)
