@@ -19,7 +19,11 @@ large or non-finite residual; such a matrix is retried once at a target of its o
 on the host (`spectral`). ``t``, one per torus, is a target: `POWER_STEPS` power iterations rank
 the frequencies, the framework's eigensolver takes the largest eigenvalue of the `TOP`
 highest-ranked ones, and ``t`` is that times ``1 + MARGIN``. The bound is then within about 5e-9
-relative of the one with exact eigenvalues, plus the rounding terms.
+relative of the one with exact eigenvalues, plus the rounding terms. The one large explicit Gram
+matrix (order from ``spectral._CHOLESKY_MIN_DIM``, e.g. a 32×32×3 stem's 3072) takes its target
+from `Programs.lanczos_top` instead (150 Lanczos steps on the device; ``θ (1 + 1e-8)``, else
+``θ (1 + 1e-5)``), where an eigensolver's O(n³) reduction would dominate; its eigensolver remains
+the fallback.
 
 Entry points, called by `spectral.conv2d_spectral_bound(..., on_device=True)` after it has
 validated the arguments and picked the method: `torus_sigma` and `explicit_bound`.
