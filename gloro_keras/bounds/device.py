@@ -328,7 +328,7 @@ def _explicit_target(g, g_dev, programs):
     slow part; below it, or if they fail, at the device eigensolver's target. inf if all fail."""
     if g.shape[0] >= sp._CHOLESKY_MIN_DIM:
         v0 = np.zeros((min(sp._LANCZOS_STEPS, g.shape[0]) + 1, g.shape[0]))
-        v0[0] = np.random.default_rng(0).standard_normal(g.shape[0])
+        v0[0] = sp.lanczos_start(g.shape[0])
         theta = float(np.asarray(programs.lanczos_top(g_dev[0], programs.asarray(v0))))
         if math.isfinite(theta) and theta > 0:
             for margin in sp._CHOLESKY_MARGINS:

@@ -89,7 +89,8 @@ _U = 2.0 ** -53  # unit round-off of float64
 _REL_SLACK = 1e-8
 
 # "auto" uses the exact explicit-Gram computation when min(H*W*cin, Ho*Wo*cout) is at most this
-# (one float64 eigvalsh of that order: ~1-4 s at 3072, which covers the 32x32x3 stem).
+# (one float64 Cholesky factorization of that order at a Lanczos target, else eigvalsh: ~1-2 s at
+# 3072, which covers the 32x32x3 stem).
 _EXPLICIT_MAX_DIM = 3072
 
 _EFFORTS = ("low", "medium", "high")
@@ -532,6 +533,11 @@ def _explicit_bound(kernel, size, strides, padding):
     return _round_up(_gram_to_bound(g, contraction, _certified_lambda_max(g)) / scale)
 
 
+def lanczos_start(n):
+    """The fixed start vector of `lanczos_top` (and of the device's, `bounds.device`)."""
+    return np.random.default_rng(0).standard_normal(n)
+
+
 def lanczos_top(g, steps):
     """Largest Ritz value of the symmetric ``g`` (as stored) after ``steps`` Lanczos steps with
     full reorthogonalization, from a fixed start vector.
@@ -539,7 +545,7 @@ def lanczos_top(g, steps):
     `cholesky_lambda_max`, never a bound."""
     n = g.shape[0]
     steps = max(1, min(int(steps), n))
-    q = np.random.default_rng(0).standard_normal(n)
+    q = lanczos_start(n)
     basis = np.empty((steps + 1, n))
     basis[0] = q / np.linalg.norm(q)
     alpha, beta = np.zeros(steps), np.zeros(steps)
