@@ -365,20 +365,63 @@ def test_callbacks_on_jax():
         assert key in out["keys"]
 
 
-def test_converge_bounds_warns_once_when_the_bound_outlasts_its_share_of_the_epoch():
-    """A validation's sound bound longer than `warn_fraction` of the epoch's training (here 0: any)
-    is reported once per fit, naming the remedy; None never warns; bad values are refused."""
+def test_converge_bounds_auto_leaves_the_sound_bound_once_it_outlasts_its_share_of_training():
+    """"auto" (the default): the sound bound at validations until one takes more than
+    `max_fraction` of the training since the previous one (here 0: the first), then the iterates'
+    estimate, with one warning naming the switch; the end of training caches the sound bound
+    again, and the switch leaves the training itself untouched (the same weights)."""
+    x, y = tiny_data(32)
+    xt, yt = tiny_data(16, seed=1)
+    trained = {}
+    for fraction in (0.0, None):
+        model = tiny_model()
+        conv, probe = ConvergeBounds(max_fraction=fraction), TestCalls()
+        with warnings.catch_warnings(record=True) as record:
+            warnings.simplefilter("always")
+            hist = model.fit(x, y, batch_size=8, epochs=3, validation_data=(xt, yt), verbose=0,
+                             callbacks=[conv, probe])
+        switches = [w for w in record if "Later validations in this fit use the 'current' bound" in str(w.message)]
+        if fraction == 0.0:
+            assert conv.validation_kinds == ["sound", "current", "current"]
+            assert len(switches) == 1 and "max_fraction=0" in str(switches[0].message)
+        else:
+            assert conv.validation_kinds == ["sound"] * 3 and not switches
+        assert probe.valid and all(v == 1.0 for v in probe.valid)  # every val batch used a cached bound
+        assert conv.last_bound_kind == "sound" and model.bound_cache_valid
+        assert model.cached_bound >= model.lipschitz_bound("sound") * (1 - 1e-7)  # float32 rounded up
+        logged = hist.history["lipschitz_bound"][-1]  # the last validation's bound
+        if fraction == 0.0:
+            assert logged < conv.last_bound  # the iterates' estimate, below the sound bound
+        else:
+            assert logged == pytest.approx(conv.last_bound)
+        trained[fraction] = [keras.ops.convert_to_numpy(w) for w in model.trainable_weights]
+    for a, b in zip(trained[0.0], trained[None]):
+        np.testing.assert_array_equal(a, b)
+    # outside fit "auto" caches the sound bound
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0, converge_bounds=False)
+    conv = ConvergeBounds(max_fraction=0.0)
+    model.evaluate(xt, yt, verbose=0, callbacks=[conv])
+    assert conv.last_bound_kind == "sound"
+
+
+def test_converge_bounds_sound_warns_once_when_the_bound_outlasts_its_share_of_training():
+    """bound="sound" keeps the sound bound at every validation and reports, once per fit, one that
+    took more than `max_fraction` of the training (here 0: any), naming the remedies; None never
+    warns; bad values are refused."""
     model = tiny_model()
     x, y = tiny_data(32)
     xt, yt = tiny_data(16, seed=1)
+    conv = ConvergeBounds(bound="sound", max_fraction=0.0)
     with pytest.warns(UserWarning, match=r"sound bound before this validation took .*validation_freq") as record:
-        model.fit(x, y, batch_size=8, epochs=3, validation_data=(xt, yt), verbose=0,
-                  callbacks=[ConvergeBounds(warn_fraction=0.0)])
+        model.fit(x, y, batch_size=8, epochs=3, validation_data=(xt, yt), verbose=0, callbacks=[conv])
     assert sum("before this validation took" in str(w.message) for w in record) == 1
+    assert conv.validation_kinds == ["sound"] * 3
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
         model.fit(x, y, batch_size=8, epochs=2, validation_data=(xt, yt), verbose=0,
-                  callbacks=[ConvergeBounds(warn_fraction=None)])
+                  callbacks=[ConvergeBounds(bound="sound", max_fraction=None)])
     assert not any("before this validation took" in str(w.message) for w in record)
-    with pytest.raises(ValueError, match="Received: warn_fraction=-1"):
-        ConvergeBounds(warn_fraction=-1)
+    with pytest.raises(ValueError, match="Received: max_fraction=-1"):
+        ConvergeBounds(max_fraction=-1)
+    with pytest.raises(ValueError, match="Received: bound='exact'"):
+        ConvergeBounds(bound="exact")

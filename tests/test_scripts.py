@@ -38,7 +38,7 @@ def test_defaults_are_the_paper_recipe():
     assert (cfg["epochs"], cfg["batch_size"], cfg["lr"], cfg["weight_decay"]) == (800, 256, 1e-3, 1e-4)
     assert (cfg["clip_norm"], cfg["warmup_epochs"], cfg["eps_schedule"], cfg["loss"]) == (3.0, 20, "paper", "emma")
     assert cfg["epsilon"] == pytest.approx(36 / 255)
-    assert cfg["strategy"] == "default" and cfg["bound"] == "sound"
+    assert cfg["strategy"] == "default" and cfg["bound"] == "auto"
     assert (cfg["bound_gradient"], cfg["train_dtype"]) == ("last", "auto")  # last: the authors' code; auto: bfloat16 on bf16 hardware
 
 

@@ -328,11 +328,11 @@ def _train(cfg, strategy, run_dir, resumed_after, chief, started):
               flush=True)
         print("gloro-train: training clean_acc / vra / rejection_rate are at the training radius epsilon_train "
               f"(the schedule's, up to {_peak_multiple(cfg['eps_schedule']):.3g} eps) with the "
-              "training bound; val_* are at eps with the converged bound", flush=True)
+              "training bound; val_* are at eps with the bound ConvergeBounds caches (--bound)", flush=True)
 
     callbacks = make_callbacks(cfg, out_dir, steps, train_raw, resuming=resumed_after is not None)
     metrics_log = next(cb for cb in callbacks if isinstance(cb, MetricsLog))
-    bounds = ("power", "sound") if cfg["bound"] == "sound" else ("power",)
+    bounds = ("power",) if cfg["bound"] == "power" else ("power", "sound")
     with multi_worker_fit_fixes(model, train_ds.element_spec, strategy), _name_bad_images(train_raw, test_raw):
         history = model.fit(
             train_ds,

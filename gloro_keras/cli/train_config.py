@@ -53,7 +53,7 @@ DEFAULTS = dict(
     shuffle=True,
     eval_every=1,
     test_examples=0,
-    bound="sound",
+    bound="auto",
     threat_examples=0,
     tensorboard=False,
     resume=True,
@@ -135,8 +135,11 @@ def define_flags(fv=flags.FLAGS):
                          lower_bound=1, **d)
     flags.DEFINE_integer("test_examples", None, "Evaluate on the first N test examples only (0 = all).",
                          lower_bound=0, **d)
-    flags.DEFINE_enum("bound", None, ("sound", "power"), "Bound cached for evaluation: sound (provable "
-                      "upper bound) or power (converged power iteration). Default: sound.", **d)
+    flags.DEFINE_enum("bound", None, ("auto", "sound", "power"), "Bound cached for each validation: sound "
+                      "(provable upper bound), power (converged power iteration), or auto: sound until one takes "
+                      "over 5% of the training since the previous validation, then the training's power "
+                      "iterates (ConvergeBounds). The final evaluation reports power and, unless power, sound. "
+                      "Default: auto.", **d)
     flags.DEFINE_integer("threat_examples", None, "Track how often the threatening class changes (Figure 3) "
                          "on this many training examples (0 = off).", lower_bound=0, **d)
     flags.DEFINE_bool("tensorboard", None, "Write TensorBoard logs to <model_dir>/tensorboard.", **d)

@@ -9,61 +9,99 @@ import warnings
 import keras
 
 
+# What each `bound` caches before the validations inside `fit`, in order: "auto" moves to the
+# next kind after a validation whose bound took more than `max_fraction` of the training since
+# the previous one. "current" reads the stored iterates (one product per layer) and leaves them
+# as they are, so the weights trained are the same whichever kind validations use.
+_VALIDATION_KINDS = {"auto": ("sound", "current"), "sound": ("sound",), "power": ("power",)}
+
+
 class ConvergeBounds(keras.callbacks.Callback):
     """Cache one bound before every evaluation and at the end of training.
 
     `on_test_begin` (validation inside `fit`, or `evaluate`) runs
-    `model.update_bound_cache(bound)`, so the evaluated VRA uses one bound for the whole test
-    set. `bound="sound"` (default) caches the provable float64 upper bound, which does not
-    depend on the power iterates, so no power iteration runs before a validation (at L6W128
-    that halved the per-epoch cost; bench/epoch_bound.py); if the sound bound is unavailable
-    it falls back to "power" with a warning. "power" runs the iterates to convergence
-    (`max_iterations`, `tolerance`). `on_train_end` also converges the iterates
-    (`model.converge_bounds`), so a saved model holds converged iterates. The last bound is
-    added to `logs["lipschitz_bound"]` at the end of each epoch.
+    `model.update_bound_cache(kind)`, so the evaluated VRA uses one bound for the whole test
+    set, and `on_train_end` caches the final one (`model.converge_bounds` also converges the
+    iterates, so a saved model holds converged iterates). The last bound is added to
+    `logs["lipschitz_bound"]` at the end of each epoch; `last_bound_kind` says which it was.
 
-    The sound bound is float64 work: on the host (`bounds.sound_bounds`' threads), or on the GPU
-    where Keras's backend has one (`bounds.device`). On the host, next to a GPU's epochs, it took
-    longer than the epoch it follows (one NVIDIA H200: 147 % of an L6W128 epoch, 216 % at
-    L18W256; bench/results/gpu_check-2026-12-04-h200-epoch.md), so inside `fit` it warns, once,
-    when a validation's bound took more than `warn_fraction` of that epoch's training time
-    (None: never).
+    Kinds: "sound" is the provable float64 upper bound (independent of the power iterates, so no
+    power iteration runs before it); "power" runs the iterates to convergence (`max_iterations`,
+    `tolerance`); "current" reads the iterates training left (no extra work). If the sound bound
+    is unavailable, "power" is used instead, with a warning.
+
+    The sound bound is float64 work: on the host (`bounds.sound_bounds`' threads, 1.9 % of an
+    L6W128 CIFAR-10 epoch on a 2-core CPU, bench/epoch_bound.py) or on the GPU where Keras's
+    backend has one (`bounds.device`). Next to a GPU's epochs it can outlast the epoch (on the host:
+    147 % of an L6W128 epoch on one NVIDIA H200), hence, with `t` the validation's bound time and
+    `T` the training time since the previous validation:
+
+    - `bound="auto"` (default): "sound" at validations until one has `t > max_fraction · T`; later
+      validations of that `fit` use "current" (an estimate, as in the original gloro: `val_vra` is
+      then not a certificate), with a warning; the end of training caches "sound". Outside `fit`
+      (`evaluate`) it is "sound".
+    - `bound="sound"`: "sound" always; warns once per `fit` when `t > max_fraction · T`.
+    - `bound="power"`: "power" always.
+
+    Args:
+        bound: "auto", "sound" or "power".
+        max_fraction: the share of the training time a validation's bound may take (see above);
+            None: no limit and no warning.
+        max_iterations, tolerance: for "power" and the iterates' convergence at the end.
+        at_train_end: cache the final bound (and converge the iterates) in `on_train_end`.
+
+    Example:
+
+    ```python
+    model.fit(x, y, validation_data=(xt, yt), epochs=10,
+              callbacks=[gk.ConvergeBounds(bound="sound")])   # a certified val_vra every epoch
+    ```
     """
 
-    def __init__(self, bound="sound", max_iterations=500, tolerance=1e-6, at_train_end=True, warn_fraction=0.1):
+    def __init__(self, bound="auto", max_iterations=500, tolerance=1e-6, at_train_end=True, max_fraction=0.05):
         super().__init__()
-        if bound not in ("sound", "power"):
-            raise ValueError(f"bound must be 'sound' or 'power'; got {bound!r}")
-        if warn_fraction is not None and not float(warn_fraction) >= 0:
-            raise ValueError(f"warn_fraction must be None or >= 0. Received: warn_fraction={warn_fraction!r}")
-        self.warn_fraction = None if warn_fraction is None else float(warn_fraction)
-        self._epoch_start = None
-        self._warned = False
+        if bound not in _VALIDATION_KINDS:
+            raise ValueError(f"bound must be one of {tuple(_VALIDATION_KINDS)}. Received: bound={bound!r}")
+        if max_fraction is not None and not float(max_fraction) >= 0:
+            raise ValueError(f"max_fraction must be None or >= 0. Received: max_fraction={max_fraction!r}")
+        self.max_fraction = None if max_fraction is None else float(max_fraction)
         self.bound = bound
         self.max_iterations = max_iterations
         self.tolerance = tolerance
         self.at_train_end = at_train_end
         self.last_bound = None
         self.last_bound_kind = None
+        self.validation_kinds = []  # the kind each validation of the last `fit` used
+        self._level = 0  # index into _VALIDATION_KINDS[bound] for this fit's validations
+        self._warned = False
+        self._epoch_start = None
+        self._train_s = 0.0  # training time since the previous validation
+        self._validated = False
         self._fresh = False
         self._stale = True
         self._in_fit = False
+
+    @property
+    def final_kind(self):
+        """The kind cached at the end of training and by stand-alone evaluations."""
+        return "power" if self.bound == "power" else "sound"
 
     def _cache_is_current(self):
         if self._stale or self.last_bound is None:
             return False
         return self.model.bound_cache_valid
 
-    def converge(self, force=False, iterates=False):
-        """Cache the bound (skipped if nothing trained since the last time); returns K.
-        `iterates=True` (or bound "power") also runs the power iterates to convergence."""
-        if not force and self._cache_is_current() and not iterates:
+    def converge(self, force=False, iterates=False, kind=None):
+        """Cache the bound of `kind` (default `final_kind`; skipped if nothing trained since the
+        last time); returns K. `iterates=True` (or kind "power") also runs the power iterates to
+        convergence."""
+        kind = kind or self.final_kind
+        if not force and self._cache_is_current() and not iterates and kind == self.last_bound_kind:
             self._fresh = True
             return self.last_bound
         model = self.model
-        if iterates or self.bound == "power":
+        if iterates or kind == "power":
             model.converge_bounds(max_iterations=self.max_iterations, tolerance=self.tolerance)
-        kind = self.bound
         try:
             k = model.update_bound_cache(kind)
         except (ImportError, NotImplementedError) as e:
@@ -82,33 +120,56 @@ class ConvergeBounds(keras.callbacks.Callback):
         self._stale = True
         self._in_fit = True
         self._warned = False
+        self._level = 0
+        self._train_s = 0.0
+        self.validation_kinds = []
 
     def on_train_batch_begin(self, batch, logs=None):
         self._stale = True
 
-    def on_test_begin(self, logs=None):
-        # Inside fit, "nothing trained since" is tracked reliably; a stand-alone evaluate
-        # always converges (the weights may have been changed or loaded meanwhile).
-        started, cached = time.perf_counter(), self._cache_is_current()
-        self.converge(force=not self._in_fit)
-        if self._in_fit and not cached and self._epoch_start is not None:
-            self._maybe_warn(time.perf_counter() - started, started - self._epoch_start)
-
-    def _maybe_warn(self, bound_s, train_s):
-        if self._warned or self.warn_fraction is None or train_s <= 0 or bound_s <= self.warn_fraction * train_s:
-            return
-        self._warned = True
-        warnings.warn(
-            f"ConvergeBounds: the {self.last_bound_kind} bound before this validation took {bound_s:.1f} s, "
-            f"{100 * bound_s / train_s:.0f} % of the epoch's training ({train_s:.1f} s); it is float64 work "
-            "(gloro_keras.bounds). Validate less often (model.fit(validation_freq=N), gloro-train --eval_every=N); "
-            "certificates are unaffected.", stacklevel=2)
-
     def on_epoch_begin(self, epoch, logs=None):
         self._fresh = False
+        self._validated = False
         self._epoch_start = time.perf_counter()
 
+    def on_test_begin(self, logs=None):
+        if not self._in_fit:  # stand-alone evaluate: the weights may have been changed or loaded
+            self.converge(force=True)
+            return
+        started = time.perf_counter()
+        if self._epoch_start is not None and not self._validated:
+            self._train_s += started - self._epoch_start
+        self._validated = True
+        kinds = _VALIDATION_KINDS[self.bound]
+        cached = self._cache_is_current()
+        self.converge(kind=kinds[self._level])
+        self.validation_kinds.append(self.last_bound_kind)
+        if not cached:
+            self._check_time(time.perf_counter() - started, self._train_s, kinds)
+        self._train_s = 0.0
+
+    def _check_time(self, bound_s, train_s, kinds):
+        if self.max_fraction is None or train_s <= 0 or bound_s <= self.max_fraction * train_s:
+            return
+        share = (f"the {self.last_bound_kind} bound before this validation took {bound_s:.1f} s, "
+                 f"{100 * bound_s / train_s:.0f} % of the training since the previous one ({train_s:.1f} s; "
+                 f"max_fraction={self.max_fraction:g}); it is float64 work (gloro_keras.bounds).")
+        if self._level + 1 < len(kinds):
+            self._level += 1
+            warnings.warn(
+                f"ConvergeBounds: {share} Later validations in this fit use the {kinds[self._level]!r} bound "
+                "(the iterates training keeps: an estimate, so val_vra is no longer a certificate); the sound "
+                "bound is cached at the end of training. ConvergeBounds(bound='sound') keeps it at every "
+                "validation.", stacklevel=2)
+        elif not self._warned and self.bound == "sound":
+            self._warned = True
+            warnings.warn(
+                f"ConvergeBounds: {share} Validate less often (model.fit(validation_freq=N), gloro-train "
+                "--eval_every=N) or use ConvergeBounds(bound='auto'); certificates are unaffected.", stacklevel=2)
+
     def on_epoch_end(self, epoch, logs=None):
+        if not self._validated and self._epoch_start is not None:
+            self._train_s += time.perf_counter() - self._epoch_start
         if logs is not None and self._fresh and self.last_bound is not None:
             logs["lipschitz_bound"] = self.last_bound
 

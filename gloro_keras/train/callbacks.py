@@ -4,7 +4,7 @@ Typical use (what `gloro-train` does)::
 
     callbacks = [
         EpsilonScheduler(epsilon=36 / 255, schedule="paper"),   # ε_train per batch
-        ConvergeBounds(bound="sound"),        # converged bound before every evaluation
+        ConvergeBounds(),                     # the sound bound before every evaluation
         VRALogger(),                          # bound, ε_train, ε into `logs`
         MetricsLog("metrics.csv"),            # one row per epoch, continued on resume
         StopOnNonFinite(),                    # a nan/inf loss or bound stops fit

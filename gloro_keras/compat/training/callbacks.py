@@ -118,9 +118,9 @@ class TradesScheduler(VariableScheduler):
 
 class UpdatePowerIterates(ConvergeBounds):
     """gloro's `UpdatePowerIterates(convergence_threshold=1e-4, short_convergence_threshold=1e-2,
-    max_convergence_attempts=100, do_initial_convergence=True, verbose=True)`: the iterates are
-    converged before every evaluation and at the end of training, and the sound bound cached
-    (`gloro_keras.train.ConvergeBounds`)."""
+    max_convergence_attempts=100, do_initial_convergence=True, verbose=True)`: a bound cached
+    before every evaluation and, with converged iterates, at the end of training
+    (`gloro_keras.train.ConvergeBounds`, whose arguments it also takes)."""
 
     def __init__(self, convergence_threshold=1e-4, short_convergence_threshold=1e-2, max_convergence_attempts=100,
                  do_initial_convergence=True, verbose=True, **kwargs):
@@ -128,10 +128,10 @@ class UpdatePowerIterates(ConvergeBounds):
         super().__init__(**kwargs)
         self.verbose = bool(verbose)
 
-    def converge(self, force=False, iterates=False):
+    def converge(self, force=False, iterates=False, kind=None):
         if self.verbose:
             print("---- converging iterates ----")
-        return super().converge(force=force, iterates=iterates)
+        return super().converge(force=force, iterates=iterates, kind=kind)
 
 
 __all__ = ["EpsilonScheduler", "LrScheduler", "TradesScheduler", "UpdatePowerIterates", "VariableScheduler"]
