@@ -365,11 +365,12 @@ def test_callbacks_on_jax():
         assert key in out["keys"]
 
 
-def test_converge_bounds_auto_leaves_the_sound_bound_once_it_outlasts_its_share_of_training():
+def test_converge_bounds_auto_leaves_the_sound_bound_once_it_outlasts_its_share_of_training(monkeypatch):
     """"auto" (the default): the sound bound at validations until one takes more than
     `max_fraction` of the training since the previous one (here 0: the first), then the iterates'
     estimate, with one warning naming the switch; the end of training caches the sound bound
-    again, and the switch leaves the training itself untouched (the same weights)."""
+    again, and the switch leaves the training itself untouched (the same weights). Where several
+    processes train, each timing its own bound, it keeps the sound bound."""
     x, y = tiny_data(32)
     xt, yt = tiny_data(16, seed=1)
     trained = {}
@@ -397,6 +398,14 @@ def test_converge_bounds_auto_leaves_the_sound_bound_once_it_outlasts_its_share_
         trained[fraction] = [keras.ops.convert_to_numpy(w) for w in model.trainable_weights]
     for a, b in zip(trained[0.0], trained[None]):
         np.testing.assert_array_equal(a, b)
+    # several processes (a multi-worker TF_CONFIG) would each time their own bound: "auto" keeps "sound"
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["localhost:1", "localhost:2"]},
+                                                "task": {"type": "worker", "index": 0}}))
+    conv = ConvergeBounds(max_fraction=0.0)
+    with pytest.warns(UserWarning, match="Validate less often"):
+        model.fit(x, y, batch_size=8, epochs=2, validation_data=(xt, yt), verbose=0, callbacks=[conv])
+    assert conv.validation_kinds == ["sound", "sound"]
+    monkeypatch.delenv("TF_CONFIG")
     # outside fit "auto" caches the sound bound
     model.fit(x, y, batch_size=8, epochs=1, verbose=0, converge_bounds=False)
     conv = ConvergeBounds(max_fraction=0.0)

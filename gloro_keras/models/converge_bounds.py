@@ -3,6 +3,8 @@
 It lives with the model because `GloroModel.fit` adds it by default; it is re-exported from
 `gloro_keras.train` with the other callbacks.
 """
+import json
+import os
 import time
 import warnings
 
@@ -14,6 +16,21 @@ import keras
 # the previous one. "current" reads the stored iterates (one product per layer) and leaves them
 # as they are, so the weights trained are the same whichever kind validations use.
 _VALIDATION_KINDS = {"auto": ("sound", "current"), "sound": ("sound",), "power": ("power",)}
+
+
+def _several_processes():
+    """Whether training runs in several processes (`TF_CONFIG` naming more than one task, or JAX's
+    `process_count() > 1`), each timing its own bound: "auto" then keeps the sound bound, so that
+    every process evaluates with the same kind."""
+    if keras.backend.backend() == "jax":
+        import jax
+
+        return jax.process_count() > 1
+    try:
+        cluster = json.loads(os.environ.get("TF_CONFIG") or "{}").get("cluster") or {}
+    except (ValueError, AttributeError):
+        return False
+    return sum(len(tasks) for tasks in cluster.values()) > 1
 
 
 class ConvergeBounds(keras.callbacks.Callback):
@@ -39,7 +56,8 @@ class ConvergeBounds(keras.callbacks.Callback):
     - `bound="auto"` (default): "sound" at validations until one has `t > max_fraction · T`; later
       validations of that `fit` use "current" (an estimate, as in the original gloro: `val_vra` is
       then not a certificate), with a warning; the end of training caches "sound". Outside `fit`
-      (`evaluate`) it is "sound".
+      (`evaluate`), and where training runs in several processes (multi-worker `TF_CONFIG`, JAX
+      multi-process: each would time its own bound), it is "sound", warning as below.
     - `bound="sound"`: "sound" always; warns once per `fit` when `t > max_fraction · T`.
     - `bound="power"`: "power" always.
 
@@ -154,14 +172,14 @@ class ConvergeBounds(keras.callbacks.Callback):
         share = (f"the {self.last_bound_kind} bound before this validation took {bound_s:.1f} s, "
                  f"{100 * bound_s / train_s:.0f} % of the training since the previous one ({train_s:.1f} s; "
                  f"max_fraction={self.max_fraction:g}); it is float64 work (gloro_keras.bounds).")
-        if self._level + 1 < len(kinds):
+        if self._level + 1 < len(kinds) and not _several_processes():
             self._level += 1
             warnings.warn(
                 f"ConvergeBounds: {share} Later validations in this fit use the {kinds[self._level]!r} bound "
                 "(the iterates training keeps: an estimate, so val_vra is no longer a certificate); the sound "
                 "bound is cached at the end of training. ConvergeBounds(bound='sound') keeps it at every "
                 "validation.", stacklevel=2)
-        elif not self._warned and self.bound == "sound":
+        elif not self._warned and self.last_bound_kind == "sound":
             self._warned = True
             warnings.warn(
                 f"ConvergeBounds: {share} Validate less often (model.fit(validation_freq=N), gloro-train "
