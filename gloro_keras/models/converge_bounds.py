@@ -89,6 +89,7 @@ class ConvergeBounds(keras.callbacks.Callback):
         self.at_train_end = at_train_end
         self.last_bound = None
         self.last_bound_kind = None
+        self._requested = None  # the kind asked for last (last_bound_kind differs where "sound" fell back)
         self.validation_kinds = []  # the kind each validation of the last `fit` used
         self._level = 0  # index into _VALIDATION_KINDS[bound] for this fit's validations
         self._warned = False
@@ -114,10 +115,10 @@ class ConvergeBounds(keras.callbacks.Callback):
         last time); returns K. `iterates=True` (or kind "power") also runs the power iterates to
         convergence."""
         kind = kind or self.final_kind
-        if not force and self._cache_is_current() and not iterates and kind == self.last_bound_kind:
+        if not force and self._cache_is_current() and not iterates and kind == self._requested:
             self._fresh = True
             return self.last_bound
-        model = self.model
+        model, self._requested = self.model, kind
         if iterates or kind == "power":
             model.converge_bounds(max_iterations=self.max_iterations, tolerance=self.tolerance)
         try:
