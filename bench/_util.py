@@ -298,6 +298,21 @@ def sound_bounds_side_by_side(layers):
             "parallel_rel_diff": max((abs(p / q - 1.0) for p, q in zip(many, one)), default=0.0)}
 
 
+def auto_bound_cost(model, x, y, cb, sound_s, epoch_s, repeats):
+    """What the default `ConvergeBounds()` ("auto") costs per validation once its sound bound
+    (`sound_s`) took more than `cb.max_fraction` of an epoch (`epoch_s`): the iterates' estimate
+    (`cb.converge(kind="current")`), timed after a training step `repeats` times.
+    {"current_s" (median), "auto_switches", "auto_fraction_of_epoch"}."""
+    times = []
+    for _ in range(repeats):
+        model.train_on_batch(x, y)  # as after an epoch: the weights moved
+        times.append(timed(lambda: cb.converge(kind="current"))[0])
+    current = med(times)
+    switches = sound_s > cb.max_fraction * epoch_s
+    return {"current_s": current, "auto_switches": switches,
+            "auto_fraction_of_epoch": (current if switches else sound_s) / epoch_s}
+
+
 def environment(tf, keras):
     from gloro_keras.bounds import usable_cpus
 

@@ -49,22 +49,16 @@ def measure(L, W, x, y, args, log):
         side = U.sound_bounds_side_by_side(model.bounded_layers)
         t_seq, t_par, worst = side["sound_sequential_s"], side["sound_parallel_s"], side["parallel_rel_diff"]
         assert worst < 1e-9, f"parallel sound bounds differ from the sequential ones by {worst:.2e}"
-        # what the default ConvergeBounds ("auto") caches at later validations once a sound bound took
-        # more than max_fraction of the training: the iterates' estimate, after a training step
-        model.train_on_batch(x, y)
-        t_current, _ = U.timed(lambda: cb.converge(kind="current"))
-        rows.append(dict(total_s=t_epoch, power_s=t_power, current_s=t_current, k_power=float(k_power),
-                         k_sound=float(k_sound), **side))
+        rows.append(dict(total_s=t_epoch, power_s=t_power, k_power=float(k_power), k_sound=float(k_sound), **side))
         log(f"  L{L}W{W} bound {i + 1}: per-epoch (sound) {t_epoch:.2f} s; power convergence (not per epoch "
             f"any more) {t_power:.2f} s; K {float(k_sound):.5g} / power {float(k_power):.5g}; step {step:.2f} s; "
             f"sound bounds alone: sequential {t_seq:.2f} s, parallel {t_par:.2f} s (largest relative difference {worst:.1e})")
     total = U.med([r["total_s"] for r in rows])
-    current = U.med([r["current_s"] for r in rows])
-    switches = total > cb.max_fraction * epoch
+    auto = U.auto_bound_cost(model, x, y, cb, total, epoch, args.bound_repeats)
     return dict(step_s=steps, step_median_s=step, epoch_s=epoch, bounds=rows, bound_median_s=total,
                 power_median_s=U.med([r["power_s"] for r in rows]), fraction_of_epoch=total / epoch,
-                current_median_s=current, auto_switches=switches,
-                auto_fraction_of_epoch=(current if switches else total) / epoch,
+                current_median_s=auto["current_s"], auto_switches=auto["auto_switches"],
+                auto_fraction_of_epoch=auto["auto_fraction_of_epoch"],
                 parallel_over_sequential=U.med([r["sound_parallel_s"] / r["sound_sequential_s"] for r in rows]))
 
 

@@ -198,14 +198,7 @@ def epoch_bound(model, x, y, step_s, backend, repeats=3):
     warm = sorted(rows[1:] or rows)[len(rows[1:] or rows) // 2]
     out = {"rows": rows, "cpus": usable_cpus(), "epoch_s": epoch, "converge_first_s": rows[0], "converge_s": warm,
            "fraction_of_epoch": warm / epoch, "on_device": gpu_available()}
-    # what the default ConvergeBounds ("auto") caches at later validations once the sound bound
-    # took more than max_fraction of the training: the iterates' estimate
-    current = []
-    for _ in range(repeats):
-        model.train_on_batch(x, y)
-        current.append(U.timed(lambda: cb.converge(kind="current"))[0])
-    out.update(current_s=sorted(current)[len(current) // 2], auto_switches=warm > cb.max_fraction * epoch)
-    out["auto_fraction_of_epoch"] = (out["current_s"] if out["auto_switches"] else warm) / epoch
+    out.update(U.auto_bound_cost(model, x, y, cb, warm, epoch, repeats))
     t_host, host = U.timed(lambda: sound_bounds(layers, on_device=False))
     out.update(host_parallel_s=t_host, host_fraction_of_epoch=t_host / epoch)
     # the device path in this backend (without a GPU: on its CPU device)
